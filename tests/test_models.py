@@ -1,5 +1,7 @@
 """Convolutional models (ResNet-18, CLNP Tables 2-3, the small conv net) and PSP on them."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -182,3 +184,21 @@ def test_clnp_accepts_the_conv_models(name):
     assert net.num_hidden == {"clnp-narrow": 5, "clnp-wide": 5, "convnet": 3}[name]
     net.eval()
     assert net(torch.rand(2, 3, 32, 32), head=1).shape == (2, 10)
+
+
+def test_glorot_init_matches_tensorflow_default_and_torch_keeps_pytorch_default():
+    torch.manual_seed(0)
+    net = models.create("mlp", in_features=784, hidden=[256, 256], classes=10)
+    before = [p.detach().clone() for p in net.parameters()]
+    models.initialise(net, "torch")
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    models.initialise(net, "glorot")
+    for layer in (m for m in net.modules() if isinstance(m, torch.nn.Linear)):
+        limit = math.sqrt(6 / (layer.in_features + layer.out_features))
+        w = layer.weight.detach()
+        assert w.abs().max() <= limit
+        # U(-a, a) has standard deviation a / sqrt(3); PyTorch's default is 1/sqrt(fan_in)/sqrt(3)
+        assert abs(w.std().item() - limit / math.sqrt(3)) < 0.05 * limit
+        assert torch.count_nonzero(layer.bias) == 0
+    with pytest.raises(ValueError, match="unknown init"):
+        models.initialise(net, "xavier")

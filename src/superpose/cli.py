@@ -32,6 +32,7 @@ HELP = {
     "model": "network architecture (see `superpose list`)",
     "width": "hidden units per layer (channels for conv nets)",
     "depth": "number of hidden layers (mlp)",
+    "init": "weight initialisation: torch (PyTorch's default) or glorot (TensorFlow's)",
     "lr": "learning rate",
     "optimizer": "adam, rmsprop or sgd",
     "seed": "random seed (data order, init, permutations, contexts)",

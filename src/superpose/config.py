@@ -21,7 +21,7 @@ import yaml
 from .errors import ConfigError
 from .methods import METHODS
 from .methods.base import OPTIMIZERS
-from .models import MODELS
+from .models import INITS, MODELS
 from .registry import unknown_name_message
 from .streams import STREAMS
 
@@ -38,6 +38,7 @@ class RunConfig:
     model: str | None = None  # None: the benchmark's default model (mlp for most)
     width: int | None = None
     depth: int | None = None
+    init: str = "torch"  # weight initialisation: torch (PyTorch's default) or glorot (TF's)
     lr: float | None = None
     optimizer: str | None = None
     seed: int = 0
@@ -276,6 +277,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {v}")
     if cfg.lr is None or not math.isfinite(cfg.lr) or cfg.lr <= 0:
         raise ConfigError(f"lr must be a positive finite number, got {cfg.lr}")
+    if cfg.init not in INITS:
+        raise ConfigError(unknown_name_message("init", str(cfg.init), list(INITS)))
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(unknown_name_message("optimizer", str(cfg.optimizer), list(OPTIMIZERS)))
     if not 0 <= cfg.validation < 1:

@@ -52,7 +52,7 @@ def build_model_factory(cfg: RunConfig, stream: Stream) -> Callable[[], nn.Modul
     else:
         kwargs = dict(input_shape=shape, classes=stream.num_classes, width=cfg.width)
     models.create(cfg.model, **kwargs)  # fail early on bad sizes
-    return lambda: models.create(cfg.model, **kwargs)
+    return lambda: models.initialise(models.create(cfg.model, **kwargs), cfg.init)
 
 
 def build_stream(cfg: RunConfig) -> Stream:

@@ -23,6 +23,27 @@ def names() -> list[str]:
     return MODELS.names()
 
 
+#: Weight initialisations a run can ask for (``--init``).
+INITS = ("torch", "glorot")
+
+
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise ``model``'s Linear and Conv weights in place; returns it.
+
+    ``torch`` keeps PyTorch's defaults (Kaiming-uniform with a = sqrt(5), i.e. U(±1/sqrt(fan_in)),
+    biases likewise). ``glorot`` is TensorFlow's default for dense and conv layers, which the PSP
+    authors' released code used: weights U(±sqrt(6 / (fan_in + fan_out))), biases zero."""
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INITS)}")
+    if scheme == "glorot":
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model
+
+
 def _import_all() -> None:
     """Import every module of this package once, so each registers itself."""
     import importlib
