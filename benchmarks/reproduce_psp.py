@@ -25,6 +25,7 @@ import numpy as np
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 WIDTHS = [128, 256, 512, 1024, 2048]
+FIG3_METHODS = ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-rotation")
 PAPER_TABLE = {"ewc": 97.0, "si": 97.2, "standard": 61.8, "psp-binary": 97.6,
                "psp-complex": 97.4, "psp-onepower": 97.2}
 
@@ -44,17 +45,28 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None
     if "fig2" in which:
         for w in ([128, 512] if quick else WIDTHS):
             for m in ("standard", "psp-binary"):
-                add("fig2", "psp_fig2_width.yaml", f"fig2-{m}-w{w}", method=m, width=w, **short_pm)
+                if w == 256:  # psp_fig2_width.yaml at 256 units is Fig. 3's protocol: its run
+                    add("fig2", "psp_fig3_types.yaml", f"fig3-{m}", method=m, width=w,
+                        **short_pm)
+                else:
+                    add("fig2", "psp_fig2_width.yaml", f"fig2-{m}-w{w}", method=m, width=w,
+                        **short_pm)
     if "fig3" in which:
-        for m in ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-rotation"):
+        for m in FIG3_METHODS:
             add("fig3", "psp_fig3_types.yaml", f"fig3-{m}", method=m, **short_pm)
-    if "table" in which:
-        methods = ["standard", "psp-binary", "psp-complex", "psp-onepower", "ewc", "si"]
+    for exp, config in (("table", "psp_table.yaml"), ("table-wide", "psp_table_wide.yaml")):
+        if exp not in which:
+            continue
+        prefix = "table" if exp == "table" else "tablew"
         for s in range(seeds):
-            for m in methods:
-                add("table", "psp_table.yaml", f"table-{m}-s{s}", method=m, seed=s, **short_pm)
+            for m in ("standard", "psp-binary", "psp-complex", "psp-onepower", "ewc", "si"):
+                if exp == "table" and s == 0 and m in FIG3_METHODS:
+                    # psp_table.yaml is psp_fig3_types.yaml's protocol: seed 0 is Fig. 3's run
+                    add(exp, "psp_fig3_types.yaml", f"fig3-{m}", method=m, **short_pm)
+                else:
+                    add(exp, config, f"{prefix}-{m}-s{s}", method=m, seed=s, **short_pm)
             for m in ("psp-binary", "psp-complex", "psp-onepower"):
-                add("table", "psp_table.yaml", f"table-{m}-learned-s{s}", method=m, seed=s,
+                add(exp, config, f"{prefix}-{m}-learned-s{s}", method=m, seed=s,
                     learn_context=True, **short_pm)
     if "fig4" in which:
         for m in ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-rotation"):
@@ -71,7 +83,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from superpose import training
-    from superpose.config import load_yaml, resolve
+    from superpose.config import load_yaml, method_option_specs, resolve
+    from superpose.methods import METHODS
 
     torch.set_num_threads(job["threads"])
     folder = Path(job["out"]) / job["name"]
@@ -80,7 +93,11 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     over = dict(job["overrides"])
     if job.get("data_dir"):
         over["data_dir"] = job["data_dir"]
-    cfg = resolve(load_yaml(CONFIGS / job["config"]), over, {"threads": job["threads"]})
+    base = load_yaml(CONFIGS / job["config"])
+    if "method" in over:  # drop the file's options for its other methods (ewc_lambda for si...)
+        own = METHODS.get(over["method"]).option_fields()
+        base = {k: v for k, v in base.items() if k not in method_option_specs() or k in own}
+    cfg = resolve(base, over, {"threads": job["threads"]})
     resume = (folder / "checkpoint.safetensors").is_file()
     if not resume and folder.exists():
         for p in folder.iterdir():
@@ -108,6 +125,7 @@ def curve_at(summary: dict[str, Any], step: int) -> float | None:
 
 def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> str:
     from superpose import plots
+    from superpose.config import load_yaml
     from superpose.runs import load_run
 
     lines: list[str] = []
@@ -118,12 +136,17 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
     def fmt(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.2f}"
 
-    if "table" in by_exp:
-        lines += ["### Fig. 3 table: average accuracy over the last 10 tasks (%)", "",
-                  "| method | contexts | ours (mean ± std over seeds) | paper |",
+    for exp in ("table", "table-wide"):
+        if exp not in by_exp:
+            continue
+        cfg = load_yaml(CONFIGS / ("psp_table.yaml" if exp == "table" else "psp_table_wide.yaml"))
+        proto = (f"{cfg['depth']}×{cfg['width']}, {cfg['optimizer']} {cfg['lr']:g}, "
+                 f"init {cfg.get('init', 'torch')}")
+        lines += [f"### Fig. 3 table: average accuracy over the last 10 of the tasks ({proto}) (%)",
+                  "", "| method | contexts | ours (mean ± std over seeds) | paper |",
                   "|---|---|---|---|"]
         groups: dict[tuple[str, str], list[float]] = {}
-        for r in by_exp["table"]:
+        for r in by_exp[exp]:
             key = (r["overrides"]["method"],
                    "learned" if r["overrides"].get("learn_context") else "fixed")
             groups.setdefault(key, []).append(results[r["name"]]["average_last10"])
@@ -183,8 +206,8 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="fig2,fig3,table,fig4,fig5",
-                    help="comma list of fig2, fig3, table, fig4, fig5")
+    ap.add_argument("--only", default="fig2,fig3,table,table-wide,fig4,fig5",
+                    help="comma list of fig2, fig3, table, table-wide, fig4, fig5")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs to check the pipeline")
     ap.add_argument("--out", default="runs/reproduce-psp")
@@ -199,8 +222,9 @@ def main() -> None:
                + (f"-{args.tasks}tasks" if args.tasks else ""))
     out.mkdir(parents=True, exist_ok=True)
     runs = specs(which, 1 if args.quick else args.seeds, args.quick, args.tasks)
+    unique = {r["name"]: r for r in runs}  # a run two experiments share is trained once
     jobs = [{**r, "out": str(out), "threads": args.threads, "data_dir": args.data_dir}
-            for r in runs]
+            for r in unique.values()]
     t0 = time.time()
     print(f"{len(jobs)} runs into {out} ({args.jobs} at a time)", flush=True)
     if args.jobs > 1:
