@@ -83,8 +83,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from superpose import training
-    from superpose.config import load_yaml, method_option_specs, resolve
-    from superpose.methods import METHODS
+    from superpose.config import load_yaml, resolve
 
     torch.set_num_threads(job["threads"])
     folder = Path(job["out"]) / job["name"]
@@ -93,11 +92,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     over = dict(job["overrides"])
     if job.get("data_dir"):
         over["data_dir"] = job["data_dir"]
-    base = load_yaml(CONFIGS / job["config"])
-    if "method" in over:  # drop the file's options for its other methods (ewc_lambda for si...)
-        own = METHODS.get(over["method"]).option_fields()
-        base = {k: v for k, v in base.items() if k not in method_option_specs() or k in own}
-    cfg = resolve(base, over, {"threads": job["threads"]})
+    cfg = resolve(load_yaml(CONFIGS / job["config"]), over, {"threads": job["threads"]})
     resume = (folder / "checkpoint.safetensors").is_file()
     if not resume and folder.exists():
         for p in folder.iterdir():

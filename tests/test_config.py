@@ -54,3 +54,14 @@ def test_yaml_keys_with_dashes(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("benchmark: permuted-mnist\nsteps-per-task: 7\n")
     assert resolve(load_yaml(p)).steps_per_task == 7
+
+
+def test_method_flag_over_a_multi_method_file_drops_the_other_methods_options():
+    file_layer = {"method": "ewc,si", "ewc_lambda": 5.0, "si_c": 0.5}
+    cfg = resolve(file_layer, {"method": "ewc"})
+    assert cfg.method == "ewc" and cfg.options == {"ewc_lambda": 5.0}
+    # an option the user names for the chosen method itself is still an error
+    with pytest.raises(ConfigError, match="'si_c' does not apply to method 'ewc'"):
+        resolve(file_layer, {"method": "ewc", "si_c": 2.0})
+    with pytest.raises(ConfigError, match="does not apply"):
+        resolve({"method": "psp-binary", "si_c": 1.0})

@@ -210,12 +210,29 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def options_of(methods: str) -> set[str]:
+    """The option names of the registered methods in a comma list (unknown names: none)."""
+    out: set[str] = set()
+    for m in split_methods(str(methods)):
+        if m in METHODS:
+            out |= set(METHODS.get(m).option_fields())
+    return out
+
+
 def resolve(*layers: dict[str, Any]) -> RunConfig:
     """Merge option dicts (later wins), fill benchmark defaults, validate, return the config."""
+    specs = method_option_specs()
+    final_method = next((layer["method"] for layer in reversed(layers)
+                         if layer.get("method") is not None), None)
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged.update({k: v for k, v in layer.items() if v is not None})
-    specs = method_option_specs()
+        layer = {k: v for k, v in layer.items() if v is not None}
+        if final_method is not None and layer.get("method", final_method) != final_method:
+            # A file naming several methods, overridden by a later layer (--method ewc): its
+            # options for the methods no longer run are dropped, not errors.
+            keep = options_of(final_method)
+            layer = {k: v for k, v in layer.items() if k not in specs or k in keep}
+        merged.update(layer)
     common_types = {f.name: f.type for f in fields(RunConfig)}
     known = set(COMMON_KEYS) | set(specs)
     for key in merged:
