@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tasks", type=int, default=None,
                     help="permuting-MNIST experiments: this many tasks instead of 50 (partial)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: tabulate the runs already finished under --out")
     args = ap.parse_args()
     which = [w.strip() for w in args.only.split(",") if w.strip()]
     out = Path(args.out + ("-quick" if args.quick else "")
@@ -221,15 +223,23 @@ def main() -> None:
     jobs = [{**r, "out": str(out), "threads": args.threads, "data_dir": args.data_dir}
             for r in unique.values()]
     t0 = time.time()
-    print(f"{len(jobs)} runs into {out} ({args.jobs} at a time)", flush=True)
-    if args.jobs > 1:
+    if not args.report_only:
+        print(f"{len(jobs)} runs into {out} ({args.jobs} at a time)", flush=True)
+    if args.report_only:
+        finished = [j for j in jobs if (out / j["name"] / "summary.json").is_file()]
+        missing = sorted(set(unique) - {j["name"] for j in finished})
+        if missing:
+            print(f"not run (left out of the tables): {', '.join(missing)}")
+        jobs, runs = finished, [r for r in runs if r["name"] not in missing]
+        summaries = [json.loads((out / j["name"] / "summary.json").read_text()) for j in jobs]
+    elif args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             summaries = pool.map(run_one, jobs, chunksize=1)
     else:
         summaries = [run_one(j) for j in jobs]
     results = {j["name"]: s for j, s in zip(jobs, summaries, strict=True)}
     text = report(results, runs, out)
-    wall = {r["name"]: results[r["name"]]["wall_seconds"] for r in runs}
+    wall = {name: s["wall_seconds"] for name, s in results.items()}
     text += (f"\nWall time of the runs (s, as recorded in each summary): "
              f"{sum(wall.values()):.0f} in total; this invocation took {time.time() - t0:.0f} s.\n")
     (out / "results.md").write_text(text)
