@@ -40,7 +40,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "w256-sgd0.1-glorot": {"init": "glorot", "optimizer": "sgd", "lr": 0.1},
     "w256-sgd0.3-glorot": {"init": "glorot", "optimizer": "sgd", "lr": 0.3},
     "w1024-glorot": {"init": "glorot", "width": 1024},
+    "w1024-rms2e-4-glorot": {"init": "glorot", "width": 1024, "lr": 2e-4},
     "w2048-glorot": {"init": "glorot", "width": 2048},
+    "w2048-rms2e-4-glorot": {"init": "glorot", "width": 2048, "lr": 2e-4},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,
