@@ -266,9 +266,7 @@ def resolve(*layers: dict[str, Any]) -> RunConfig:
         elif getattr(cfg, key) is None:
             setattr(cfg, key, value)
     # Method options: only those of the chosen method(s).
-    allowed: set[str] = set()
-    for m in split_methods(cfg.method):
-        allowed |= set(METHODS.get(m).option_fields())
+    allowed = options_of(cfg.method)
     for key in specs:
         if key in merged:
             if key not in allowed:
