@@ -131,6 +131,24 @@ def curve_at(summary: dict[str, Any], step: int) -> float | None:
     return pts[-1] if pts else None
 
 
+def fig2_row(summary: dict[str, Any]) -> list[float] | None:
+    """One Fig. 2 run's table row (fractions): task 0 right after its training, after task 10,
+    after all tasks, the drop (first minus final), the drop per task over the second half of
+    the stream (curve at the end of task T/2 minus final, over T - T/2), and the average over
+    the last 10 tasks after all of them (the Fig. 3 table's metric). In a run of fewer than
+    11 tasks (--quick) "after task 10" is the final value. None if the curve has no point by
+    the end of task 0 (an evaluation interval longer than a task)."""
+    steps = summary["steps"] // summary["tasks"]
+    half = summary["tasks"] // 2
+    a0 = curve_at(summary, steps)
+    if a0 is None:
+        return None
+    a10, a_half = curve_at(summary, 10 * steps), curve_at(summary, half * steps)
+    fin = summary["final_accuracy"][0]
+    return [a0, a10, fin, a0 - fin, (a_half - fin) / (summary["tasks"] - half),
+            summary["average_last10"]]
+
+
 def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> str:
     from superpose import plots
     from superpose.config import load_yaml
@@ -161,25 +179,19 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         lines.append("")
     if "fig2" in by_exp:
         lines += ["### Fig. 2: task-0 accuracy (%) by width: right after task 0, after 10 and "
-                  "after all tasks; points lost per task over the second half of the tasks "
-                  "(mean ± std over seeds)", "",
+                  "after all tasks; points lost per task over the second half of the tasks; "
+                  "and the table's average over the last 10 tasks (mean ± std over seeds)", "",
                   "| width | method | after task 0 | after task 10 | final | drop | lost per "
-                  "task, 2nd half |", "|---|---|---|---|---|---|---|"]
+                  "task, 2nd half | last 10 tasks |", "|---|---|---|---|---|---|---|---|"]
         cells: dict[tuple[int, str], list[list[float]]] = {}
         for r in by_exp["fig2"]:
-            s = results[r["name"]]
-            steps = s["steps"] // s["tasks"]
-            half = s["tasks"] // 2
-            a0, a10 = curve_at(s, steps), curve_at(s, 10 * steps)
-            a_half = curve_at(s, half * steps)
-            fin = s["final_accuracy"][0]
-            if a0 is None or a10 is None or a_half is None:  # too short a run: leave it out
+            row = fig2_row(results[r["name"]])
+            if row is None:
                 continue
             key = (r["overrides"]["width"], r["overrides"]["method"])
-            cells.setdefault(key, []).append(
-                [a0, a10, fin, a0 - fin, (a_half - fin) / (s["tasks"] - half)])
+            cells.setdefault(key, []).append(row)
         for (w, m), rows in sorted(cells.items()):
-            cols = [mean_std([row[i] for row in rows]) for i in range(5)]
+            cols = [mean_std([row[i] for row in rows]) for i in range(6)]
             lines.append(f"| {w} | {m} | " + " | ".join(cols) + " |")
         lines.append("")
         by_width: dict[int, list] = {}

@@ -92,3 +92,20 @@ def test_clnp_reuse_variant_grows_no_first_layer_units(tmp_path):
     assert first[0] > 0 and first == [first[0]] * 3
     assert second[-1] > second[0]
     assert used["clnp"][0][-1] > used["clnp"][0][0]  # the unrestricted run does grow it
+
+
+def test_fig2_row_from_a_hand_made_summary(rp):
+    # 20 tasks of 100 steps; task 0's curve: 0.9 after task 0 (step 100), 0.8 after task 10
+    # (step 1000, also the end of the first half), final 0.6 at step 2000
+    summary = {"steps": 2000, "tasks": 20, "average_last10": 0.95,
+               "first_task_curve": [[50, 0.5], [100, 0.9], [500, 0.85], [1000, 0.8],
+                                    [1500, 0.7], [2000, 0.6]],
+               "final_accuracy": [0.6] + [0.9] * 19}
+    a0, a10, fin, drop, rate, last10 = rp.fig2_row(summary)
+    assert (a0, a10, fin, last10) == (0.9, 0.8, 0.6, 0.95)
+    assert drop == pytest.approx(0.3)
+    assert rate == pytest.approx((0.8 - 0.6) / 10)  # half = task 10 ends at step 1000
+    sparse = dict(summary, first_task_curve=[[500, 0.85], [2000, 0.6]])
+    assert rp.fig2_row(sparse) is None  # no point by the end of task 0
+    short = dict(summary, steps=500, tasks=5, first_task_curve=[[100, 0.9], [500, 0.8]])
+    assert rp.fig2_row(short)[1] == 0.8  # fewer than 11 tasks: "after task 10" is the end
