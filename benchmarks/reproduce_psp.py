@@ -132,12 +132,12 @@ def curve_at(summary: dict[str, Any], step: int) -> float | None:
 
 
 def fig2_row(summary: dict[str, Any]) -> list[float] | None:
-    """One Fig. 2 run's table row (fractions): task 0 right after its training, after task 10,
-    after all tasks, the drop (first minus final), the drop per task over the second half of
-    the stream (curve at the end of task T/2 minus final, over T - T/2), and the average over
-    the last 10 tasks after all of them (the Fig. 3 table's metric). In a run of fewer than
-    11 tasks (--quick) "after task 10" is the final value. None if the curve has no point by
-    the end of task 0 (an evaluation interval longer than a task)."""
+    """One Fig. 2 run's table row (fractions): task 0 right after its training, after the first
+    10 tasks (the curve at step 10 x steps per task), after all tasks, the drop (first minus
+    final), the drop per task over the second half of the stream (curve at the end of task T/2
+    minus final, over T - T/2), and the average over the last 10 tasks after all of them (the
+    Fig. 3 table's metric). In a run of 10 tasks or fewer (--quick) "after 10 tasks" is the
+    final value. None if the curve has no point by the end of task 0."""
     steps = summary["steps"] // summary["tasks"]
     half = summary["tasks"] // 2
     a0 = curve_at(summary, steps)
@@ -181,7 +181,7 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         lines += ["### Fig. 2: task-0 accuracy (%) by width: right after task 0, after 10 and "
                   "after all tasks; points lost per task over the second half of the tasks; "
                   "and the table's average over the last 10 tasks (mean ± std over seeds)", "",
-                  "| width | method | after task 0 | after task 10 | final | drop | lost per "
+                  "| width | method | after task 0 | after 10 tasks | final | drop | lost per "
                   "task, 2nd half | last 10 tasks |", "|---|---|---|---|---|---|---|---|"]
         cells: dict[tuple[int, str], list[list[float]]] = {}
         for r in by_exp["fig2"]:

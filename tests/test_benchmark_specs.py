@@ -95,7 +95,7 @@ def test_clnp_reuse_variant_grows_no_first_layer_units(tmp_path):
 
 
 def test_fig2_row_from_a_hand_made_summary(rp):
-    # 20 tasks of 100 steps; task 0's curve: 0.9 after task 0 (step 100), 0.8 after task 10
+    # 20 tasks of 100 steps; task 0's curve: 0.9 after task 0 (step 100), 0.8 after 10 tasks
     # (step 1000, also the end of the first half), final 0.6 at step 2000
     summary = {"steps": 2000, "tasks": 20, "average_last10": 0.95,
                "first_task_curve": [[50, 0.5], [100, 0.9], [500, 0.85], [1000, 0.8],
@@ -108,4 +108,4 @@ def test_fig2_row_from_a_hand_made_summary(rp):
     sparse = dict(summary, first_task_curve=[[500, 0.85], [2000, 0.6]])
     assert rp.fig2_row(sparse) is None  # no point by the end of task 0
     short = dict(summary, steps=500, tasks=5, first_task_curve=[[100, 0.9], [500, 0.8]])
-    assert rp.fig2_row(short)[1] == 0.8  # fewer than 11 tasks: "after task 10" is the end
+    assert rp.fig2_row(short)[1] == 0.8  # 5 tasks: "after 10 tasks" is the end
