@@ -51,6 +51,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "w2048-rms2e-4-glorot": {"init": "glorot", "width": 2048, "lr": 2e-4},
     "w2048-rms2e-4-glorot-nobias": {"init": "glorot", "width": 2048, "lr": 2e-4,
                                     "no_bias": True},
+    # Adam at RMSprop's rate: the same step size, plus momentum
+    "w1024-adam1e-4-glorot": {"init": "glorot", "width": 1024, "optimizer": "adam", "lr": 1e-4},
+    "w2048-adam1e-4-glorot": {"init": "glorot", "width": 2048, "optimizer": "adam", "lr": 1e-4},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,
