@@ -127,4 +127,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from superpose.training import Interrupted
+
+    try:
+        main()
+    except Interrupted as e:  # Ctrl-C or SIGTERM inside a run: its checkpoint is written
+        raise SystemExit(f"\n{e}\nRun the same command again to go on from there.") from None
