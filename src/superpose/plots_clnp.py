@@ -80,6 +80,7 @@ def capacity_figure(runs: Sequence[str | Path] | str | Path, path: str | Path,
     ax2.set_xlabel("task")
     ax2.set_ylabel("units")
     ax2.set_yscale("symlog", linthresh=10)
+    ax2.set_ylim(bottom=0)  # unit counts: no negative half of the symlog axis
     ax2.legend(fontsize=7)
     ax2.grid(alpha=0.3)
     label = f" (mean of {len(caps)} runs)" if len(caps) > 1 else ""
