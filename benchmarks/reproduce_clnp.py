@@ -222,12 +222,15 @@ def main() -> None:
         f"{proto['steps_per_task']} steps (≈ {epochs:.1f} epochs) per task, 10 % of the training "
         f"images held out for the threshold scan, seeds 0–{seeds - 1}; "
         f"{np.mean([c['train_steps_per_second'] for c in clnp]):.2f} training steps/s. "
-        f"Capacity figure: `{plot.name}`.", ""]
+        f"Capacity figure: `{plot.name}`. The rows below are means over the seeds.", ""]
     per_task = np.array([s["capacity"]["used_fraction"] for s in clnp]).mean(axis=0)  # (L, T)
     table += ["| after task | " + " | ".join(str(t + 1) for t in range(per_task.shape[1])) + " |",
               "|---|" + "---|" * per_task.shape[1]]
     for name, row in zip(clnp[0]["capacity"]["layers"], per_task, strict=True):
         table.append(f"| {name} used (%) | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |")
+    final = np.array([s["final_accuracy"] for s in clnp], dtype=float)  # (S, T), after pruning
+    table.append("| test % after pruning | " + " | ".join(f"{100 * v:.2f}"
+                                                       for v in final.mean(axis=0)) + " |")
     text = "\n".join(table + [""] + lines)
     (out / "results.md").write_text(text + "\n")
     print("\n" + text)
