@@ -689,3 +689,56 @@ def test_sigterm_checkpoints_like_ctrl_c_and_exits_143(tmp_path: Path,
     ref = tmp_path / "ref"
     assert main(["run", "--out", str(ref), *TINY, "--method", "standard"]) == 0
     assert_same(outcome(out), outcome(ref))
+
+
+def test_ctrl_c_stops_clnps_grid_at_once_and_resumes_equal(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """CLNP's graceful-forgetting grid runs in ``begin_task`` and can train for hours: a
+    Ctrl-C there stops it at once (not after the grid), since the boundary checkpoint is where
+    a resume starts it again. Here the grid runs on tasks 0 and 1 and is cut in task 1."""
+    args = [*method_args("clnp"), "--grid-lr", "0.005,0.002", "--grid-tasks", "2"]
+    ref = tmp_path / "ref"
+    assert main(["run", "--out", str(ref), *args]) == 0
+    clnp = METHODS.get("clnp")
+    real = clnp._train_for
+    calls: list[int] = []
+
+    def train_for(self: Method, task: int, *rest: object) -> None:
+        calls.append(task)
+        if calls.count(1) == 1 and task == 1:  # the first grid candidate of task 1
+            os.kill(os.getpid(), signal.SIGINT)
+        real(self, task, *rest)
+
+    monkeypatch.setattr(clnp, "_train_for", train_for)
+    out = tmp_path / "cut"
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *args]) == 130
+    assert calls == [0, 0, 1]  # the second candidate of task 1 never started
+    assert (f"interrupted while task 1 was being prepared; the checkpoint at step 20 starts it "
+            f"again. Resume with: superpose run --resume {out}") in capsys.readouterr().err
+    assert load(out / CHECKPOINT_NAME)[1]["loop"]["global_step"] == 20
+    monkeypatch.setattr(clnp, "_train_for", real)
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert_same(outcome(out), outcome(ref))
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    clnp = METHODS.get("clnp")
+
+    def train_for(self: Method, *rest: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the grid went on after Ctrl-C")
+
+    monkeypatch.setattr(clnp, "_train_for", train_for)
+    out = tmp_path / "cut"
+    assert main(["run", "--out", str(out), *method_args("clnp"), "--grid-lr", "0.005,0.002"]) \
+        == 130
+    err = capsys.readouterr().err
+    assert "interrupted while task 0 was being prepared; nothing was trained" in err
+    assert f"(or delete {out})" in err
+    assert not (out / CHECKPOINT_NAME).exists()

@@ -161,17 +161,20 @@ def set_rng_state(generator: torch.Generator, tensors: dict[str, torch.Tensor]) 
 def deferred_stop_signals() -> Iterator[dict[str, Any]]:
     """While active, Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption) only sets
     ``flag["stop"]`` and ``flag["signum"]``: the loop finishes the current step, checkpoints
-    and exits cleanly. A second signal aborts at once."""
-    flag: dict[str, Any] = {"stop": False, "signum": signal.SIGINT}
+    and exits cleanly. A second signal aborts at once, and so does the first while
+    ``flag["now"]`` is set (work that a checkpoint would not keep anyway)."""
+    flag: dict[str, Any] = {"stop": False, "now": False, "signum": signal.SIGINT}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum: int, frame: object) -> None:
-        if flag["stop"]:
-            raise KeyboardInterrupt
+        first = not flag["stop"]
         flag["stop"] = True
-        flag["signum"] = signum
+        if first:
+            flag["signum"] = signum
+        if not first or flag["now"]:
+            raise KeyboardInterrupt
 
     caught = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, handler) for sig in caught}
@@ -312,7 +315,7 @@ class Trainer:
         while state.segment < len(self.segments):
             seg = self.segments[state.segment]
             if not state.begun:
-                method.begin_task(seg.task)
+                self._begin_task(seg.task, stop)
                 state.begun = True
             while state.step_in_segment < seg.steps:
                 t0 = time.perf_counter()
@@ -355,6 +358,30 @@ class Trainer:
             state.begun = False
             state.wall_seconds = time.perf_counter() - start
             self.save_checkpoint()
+
+    def _begin_task(self, task: int, stop: dict[str, Any]) -> None:
+        """``method.begin_task``, which may be long (CLNP's grid trains several candidates).
+        Nothing it does is checkpointed, and the last checkpoint (the previous boundary) is
+        where a resume starts it again: so a signal stops it at once."""
+        state = self.state
+        resume = f"Resume with: superpose run --resume {self.folder.path}"
+        if stop["stop"]:  # the signal came while the last task ended: its boundary is saved
+            raise Interrupted(f"interrupted at step {state.global_step}; checkpoint written. "
+                              f"{resume}", stop["signum"])
+        stop["now"] = True
+        try:
+            self.method.begin_task(task)
+        except KeyboardInterrupt:
+            if self.folder.checkpoint.is_file():
+                where = (f"the checkpoint at step {state.global_step} starts it again. "
+                         f"{resume}")
+            else:
+                where = ("nothing was trained and there is no checkpoint: start the run again "
+                         f"in a new folder (or delete {self.folder.path})")
+            raise Interrupted(f"interrupted while task {task} was being prepared; {where}",
+                              stop["signum"]) from None
+        finally:
+            stop["now"] = False
 
     def _evaluate_boundary(self, bar: tqdm) -> None:
         """A row of the accuracy matrix: every task seen so far, on its test set."""
