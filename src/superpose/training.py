@@ -376,8 +376,7 @@ class Trainer:
                 where = (f"the checkpoint at step {state.global_step} starts it again. "
                          f"{resume}")
             else:
-                where = ("nothing was trained and there is no checkpoint: start the run again "
-                         f"in a new folder (or delete {self.folder.path})")
+                where = "nothing was trained and there is no checkpoint yet: start the run again"
             raise Interrupted(f"interrupted while task {task} was being prepared; {where}",
                               stop["signum"]) from None
         finally:
