@@ -300,8 +300,7 @@ class Trainer:
                 self._loop(bar, start, stop)
             except KeyboardInterrupt:  # a second signal: stop at once, keep the last checkpoint
                 raise Interrupted(f"aborted at step {state.global_step}; the last checkpoint is "
-                                  f"kept. Resume with: superpose run --resume {self.folder.path}",
-                                  stop["signum"]) from None
+                                  f"kept. {self._resume_hint()}", stop["signum"]) from None
             finally:
                 bar.close()
         state.wall_seconds = time.perf_counter() - start
@@ -348,9 +347,7 @@ class Trainer:
                     state.wall_seconds = time.perf_counter() - start
                     self.save_checkpoint()
                 if stop["stop"]:
-                    raise Interrupted(f"interrupted at step {state.global_step}; checkpoint "
-                                      f"written. Resume with: superpose run --resume "
-                                      f"{self.folder.path}", stop["signum"])
+                    raise self._checkpointed(stop["signum"])
             method.end_task(seg.task)
             self._evaluate_boundary(bar)
             state.segment += 1
@@ -363,24 +360,29 @@ class Trainer:
         """``method.begin_task``, which may be long (CLNP's grid trains several candidates).
         Nothing it does is checkpointed, and the last checkpoint (the previous boundary) is
         where a resume starts it again: so a signal stops it at once."""
-        state = self.state
-        resume = f"Resume with: superpose run --resume {self.folder.path}"
         if stop["stop"]:  # the signal came while the last task ended: its boundary is saved
-            raise Interrupted(f"interrupted at step {state.global_step}; checkpoint written. "
-                              f"{resume}", stop["signum"])
+            raise self._checkpointed(stop["signum"])
         stop["now"] = True
         try:
             self.method.begin_task(task)
         except KeyboardInterrupt:
             if self.folder.checkpoint.is_file():
-                where = (f"the checkpoint at step {state.global_step} starts it again. "
-                         f"{resume}")
+                where = (f"the checkpoint at step {self.state.global_step} starts it again. "
+                         f"{self._resume_hint()}")
             else:
                 where = "nothing was trained and there is no checkpoint yet: start the run again"
             raise Interrupted(f"interrupted while task {task} was being prepared; {where}",
                               stop["signum"]) from None
         finally:
             stop["now"] = False
+
+    def _resume_hint(self) -> str:
+        return f"Resume with: superpose run --resume {self.folder.path}"
+
+    def _checkpointed(self, signum: int) -> Interrupted:
+        """The stop after a signal once the current state is in the checkpoint."""
+        return Interrupted(f"interrupted at step {self.state.global_step}; checkpoint written. "
+                           f"{self._resume_hint()}", signum)
 
     def _evaluate_boundary(self, bar: tqdm) -> None:
         """A row of the accuracy matrix: every task seen so far, on its test set."""
