@@ -314,7 +314,8 @@ RESUME_CASES: list[tuple[str, Callable[[Path], object], str]] = [
     ("edited-config", other_config, "seed: 0 in the checkpoint, 5 in config.yaml"),
     ("foreign-checkpoint", other_checkpoint, "written by another configuration"),
     ("flags", with_flags, "--resume takes the configuration from the run folder's config.yaml; "
-                          "drop --tasks"),
+                          "drop --tasks (a resume may change only --threads, --data-dir, "
+                          "--checkpoint-every)"),
     ("finished", lambda run: (run / "summary.json").write_text("{}"), "already finished"),
 ]
 
@@ -331,6 +332,41 @@ def test_resume_refuses_bad_folders(finished_run: Path, sandbox: Sandbox,
     assert_user_error(code, capsys.readouterr().err, message)
     assert sandbox.written() == []
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written, never unpickled
+
+
+def test_resume_may_change_how_the_run_executes(finished_run: Path, sandbox: Sandbox,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """``--resume DIR --threads 2 --checkpoint-every 3``: accepted, said in the log, kept in
+    metrics.jsonl as a ``resume`` record; config.yaml keeps the settings the run started with."""
+    run = copy_run(finished_run, sandbox)
+    config_before = (run / "config.yaml").read_text()
+    assert main(["run", "--resume", str(run), "--no-progress", "--threads", "2",
+                 "--checkpoint-every", "3"]) == 0
+    assert "with threads 1 -> 2, checkpoint_every 0 -> 3" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r["kind"] == "resume"]
+    assert resumed == [{"kind": "resume", "step": 20,
+                        "changed": {"threads": [1, 2], "checkpoint_every": [0, 3]}}]
+    assert (run / "config.yaml").read_text() == config_before
+    summary = json.loads((run / "summary.json").read_text())
+    original = json.loads((finished_run / "summary.json").read_text())
+    assert summary["final_accuracy"] == original["final_accuracy"]
+
+
+def test_resume_of_a_comparison_passes_the_overrides_on(sandbox: Sandbox, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """An unfinished comparison resumes its checkpointed sub-run with the new thread count."""
+    base = tmp_path / "cmp"
+    assert main(["run", "--method", "standard,psp-binary", *TINY, "--out", str(base)]) == 0
+    (base / "psp-binary" / "summary.json").unlink()
+    (base / "report.md").unlink()
+    capsys.readouterr()
+    assert main(["run", "--resume", str(base), "--no-progress", "--threads", "2"]) == 0
+    assert "with threads 1 -> 2" in capsys.readouterr().out
+    kinds = [json.loads(line)["kind"]
+             for line in (base / "psp-binary" / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("resume") == 1
+    assert (base / "report.md").is_file()
 
 
 PLOT_CASES: list[tuple[str, Callable[[Path], object], str]] = [

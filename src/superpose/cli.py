@@ -136,11 +136,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     keep_freed_memory()  # the step reuses its buffers (see superpose.runtime)
     if args.resume:
-        given = ([args.config] if args.config else []) + [flag(k) for k in flags_dict(args)]
+        flags = flags_dict(args)
+        given = ([args.config] if args.config else []) + [
+            flag(k) for k in flags if k not in config_mod.RESUME_OVERRIDES]
         if given:
+            allowed = ", ".join(flag(k) for k in config_mod.RESUME_OVERRIDES)
             raise UserError(f"--resume takes the configuration from the run folder's "
-                            f"config.yaml; drop {', '.join(given)}")
-        return resume(Path(args.resume), progress)
+                            f"config.yaml; drop {', '.join(given)} (a resume may change only "
+                            f"{allowed})")
+        overrides = {k: v for k, v in flags.items() if k in config_mod.RESUME_OVERRIDES}
+        return resume(Path(args.resume), progress, overrides)
 
     layers = [] if args.config else [DEFAULT_EXPERIMENT]
     if args.config:
@@ -182,22 +187,24 @@ def method_config(cfg: config_mod.RunConfig, method: str, folder: Path
     return one
 
 
-def resume(folder: Path, progress: bool) -> int:
-    """``--resume DIR``: continue a run (or every unfinished method of a comparison)."""
+def resume(folder: Path, progress: bool, overrides: dict[str, Any] | None = None) -> int:
+    """``--resume DIR``: continue a run (or every unfinished method of a comparison), with
+    ``overrides`` (``config.RESUME_OVERRIDES`` only) replacing the saved settings."""
+    overrides = overrides or {}
     if not folder.exists():
         raise UserError(f"--resume {folder}: no such folder")
     if not folder.is_dir():
         raise UserError(f"--resume {folder}: not a folder")
     if not (folder / "config.yaml").is_file():
         raise UserError(f"--resume {folder}: not a run folder (no config.yaml)")
-    cfg = config_mod.resolve(config_mod.load_yaml(folder / "config.yaml"))
+    cfg = config_mod.resolve(config_mod.load_yaml(folder / "config.yaml"), overrides)
     methods = config_mod.split_methods(cfg.method)
     if len(methods) > 1:
         if (folder / "report.md").is_file() and all(
                 (folder / m / "summary.json").is_file() for m in methods):
             raise UserError(f"--resume {folder}: the comparison already finished "
                             "(report.md exists)")
-        return run_methods(cfg, folder, methods, progress, resume=True)
+        return run_methods(cfg, folder, methods, progress, resume=True, overrides=overrides)
     if (folder / "summary.json").is_file():
         raise UserError(f"--resume {folder}: the run already finished (summary.json exists)")
     if not (folder / CHECKPOINT_NAME).is_file():
@@ -207,7 +214,7 @@ def resume(folder: Path, progress: bool) -> int:
 
 
 def run_methods(cfg: config_mod.RunConfig, base: Path, methods: list[str], progress: bool,
-                *, resume: bool) -> int:
+                *, resume: bool, overrides: dict[str, Any] | None = None) -> int:
     """Train each method into its folder (``base``, or ``base/<method>`` when several), keeping
     finished ones and resuming checkpointed ones when ``resume``; then plot and report."""
     from .runs import load_run
@@ -220,7 +227,8 @@ def run_methods(cfg: config_mod.RunConfig, base: Path, methods: list[str], progr
             print(f"== {method}: finished before, kept ({folder})", file=sys.stderr)
             summary = load_run(folder).summary
         else:
-            summary = run_one(cfg, method, base, folder, progress, resume=resume)
+            summary = run_one(cfg, method, base, folder, progress, resume=resume,
+                              overrides=overrides)
         results.append((method, folder, summary))
     if several:
         from . import plots, report
@@ -234,7 +242,7 @@ def run_methods(cfg: config_mod.RunConfig, base: Path, methods: list[str], progr
 
 
 def run_one(cfg: config_mod.RunConfig, method: str, base: Path, folder: Path, progress: bool,
-            *, resume: bool) -> dict[str, Any]:
+            *, resume: bool, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume, if ``folder`` holds a checkpoint) one method of ``cfg``; draw its
     figures; return its summary. ``folder`` is ``base`` unless the run compares methods."""
     from . import training
@@ -245,7 +253,7 @@ def run_one(cfg: config_mod.RunConfig, method: str, base: Path, folder: Path, pr
     if not several:
         one = cfg
     elif own:  # the sub-run's own resolved config, which its checkpoint was written with
-        one = config_mod.resolve(config_mod.load_yaml(folder / "config.yaml"))
+        one = config_mod.resolve(config_mod.load_yaml(folder / "config.yaml"), overrides or {})
     else:
         one = method_config(cfg, method, folder)
     print(f"== {'resuming' if own else 'training'} {method} on {one.benchmark}: {one.tasks} "

@@ -94,6 +94,11 @@ FALLBACK_DEFAULTS: dict[str, Any] = dict(model="mlp", tasks=10, steps_per_task=1
                                          optimizer="adam")
 
 COMMON_KEYS = [f.name for f in fields(RunConfig) if f.name != "options"]
+#: Settings that say how a run executes, not what it trains: ``--resume`` may change them (more
+#: threads once a machine frees up, the data moved, more frequent checkpoints). Another thread
+#: count changes the rounding of PyTorch's reductions, so the resumed run is no longer
+#: bit-identical to one that never stopped; the run folder records every change.
+RESUME_OVERRIDES = ("threads", "data_dir", "checkpoint_every")
 POSITIVE_INTS = ("tasks", "steps_per_task", "batch_size", "width", "depth", "eval_every",
                  "eval_batch_size")
 

@@ -27,7 +27,7 @@ import yaml
 from tqdm import tqdm
 
 from . import checkpoint, evaluation, models, streams
-from .config import RunConfig, build_options
+from .config import RESUME_OVERRIDES, RunConfig, build_options
 from .errors import CheckpointError, ConfigError
 from .methods import METHODS, Method, MethodContext
 from .streams.base import Stream
@@ -246,7 +246,11 @@ class Trainer:
         ckpt = self.folder.checkpoint
         groups, header = checkpoint.load(ckpt)
         saved, current = header.get("config"), self.cfg.to_dict()
+        changed: dict[str, list[Any]] = {}
         if isinstance(saved, dict):
+            changed = {k: [saved.get(k), current.get(k)] for k in RESUME_OVERRIDES
+                       if k in saved and saved.get(k) != current.get(k)}
+            saved = {**saved, **{k: current.get(k) for k in RESUME_OVERRIDES}}
             # Settings added to RunConfig after the checkpoint was written: absent there, so
             # the run used what is now their default.
             defaults = RunConfig().to_dict()
@@ -277,6 +281,11 @@ class Trainer:
         self.folder.truncate_metrics(self.state.global_step)
         self.log(f"resuming {self.folder.path} at step {self.state.global_step} "
                  f"(task segment {self.state.segment + 1}/{len(self.segments)})")
+        if changed:  # --resume with --threads and the like: say so, and keep it in the folder
+            self.log("  with " + ", ".join(f"{k} {old!r} -> {new!r}"
+                                           for k, (old, new) in changed.items()))
+            self.folder.append_metrics([{"kind": "resume", "step": self.state.global_step,
+                                         "changed": changed}])
 
     def save_checkpoint(self) -> None:
         meta = {"config": self.cfg.to_dict(), "loop": self.state.__dict__}
