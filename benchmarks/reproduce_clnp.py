@@ -64,7 +64,8 @@ def run_one(name: str, overrides: dict[str, Any], out: Path, threads: int,
     t0 = time.time()
     print(f"  {'resuming' if resume else 'running'} {name} "
           f"({cfg.tasks} tasks x {cfg.steps_per_task} steps)", flush=True)
-    summary = training.run(cfg, folder, resume=resume, progress=False, log=lambda m: None)
+    summary = training.run(cfg, folder, resume=resume, progress=False,
+                           log=lambda m: print(f"    {m}", flush=True))
     print(f"  done {name}: average {100 * summary['average_accuracy']:.2f} % "
           f"({time.time() - t0:.0f} s, {summary['train_steps_per_second']} steps/s)", flush=True)
     return summary

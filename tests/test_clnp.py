@@ -67,11 +67,11 @@ def convnet():
                          nn.Linear(12, 4))
 
 
-def make(head="single", build=mlp, stream=None, **opts):
+def make(head="single", build=mlp, stream=None, log=lambda _: None, **opts):
     opts.setdefault("l1", [1e-3])
     opts.setdefault("margin", 0.03)
     ctx = MethodContext(stream=stream or ToyStream(), build_model=build, lr=0.01, batch_size=32,
-                        steps_per_task=30)
+                        steps_per_task=30, log=log)
     return Clnp(ctx, Clnp.Options(head=head, **opts))
 
 
@@ -253,16 +253,25 @@ def test_finetuning_keeps_the_partition():
 
 def test_grid_search_keeps_the_sparsest_within_margin():
     torch.manual_seed(0)
-    m = make(grid_lr=[0.01, 0.002], grid_l1_scale=[1.0, 3.0], margin=0.05)
+    lines: list[str] = []
+    m = make(grid_lr=[0.01, 0.002], grid_l1_scale=[1.0, 3.0], margin=0.05, log=lines.append)
     train(m, 0)
     grid = m.summary()["clnp_grid"]
+    # progress: a header, then one line per candidate as it finishes, with its accuracy
+    assert lines[0] == ("clnp: grid on task 0: 4 candidates (lr [0.01, 0.002] x L1 scale "
+                        "[1.0, 3.0]), 30 steps each")
+    assert len(lines) == 5
+    for i, (line, g) in enumerate(zip(lines[1:], grid, strict=True)):
+        assert line.startswith(f"clnp: grid candidate {i + 1}/4 (lr {g['lr']:g}, L1 scale "
+                               f"{g['l1_scale']:g}): validation "
+                               f"{100 * g['val_unpruned']:.2f} % before pruning (")
     assert len(grid) == 4 and sum(g["chosen"] for g in grid) == 1
     chosen = next(g for g in grid if g["chosen"])
     assert (m.lr, m.l1_scale) == (chosen["lr"], chosen["l1_scale"])
     ok = [g for g in grid if g["sparsity"] is not None]
     assert chosen["sparsity"] == max(g["sparsity"] for g in ok)
     train(m, 1)  # the grid runs on the first task only
-    assert len(m.summary()["clnp_grid"]) == 4
+    assert len(m.summary()["clnp_grid"]) == 4 and len(lines) == 5
 
 
 def test_checkpoint_state_round_trip_with_a_grown_layer():

@@ -72,11 +72,12 @@ def build_stream(cfg: RunConfig) -> Stream:
                           verify=not cfg.no_verify, device=cfg.device)
 
 
-def build_method(cfg: RunConfig, stream: Stream) -> Method:
+def build_method(cfg: RunConfig, stream: Stream, log: Log = lambda _: None) -> Method:
     cls = METHODS.get(cfg.method)
     ctx = MethodContext(stream=stream, build_model=build_model_factory(cfg, stream), lr=cfg.lr,
                         optimizer=cfg.optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
-                        device=torch.device(cfg.device), steps_per_task=cfg.steps_per_task)
+                        device=torch.device(cfg.device), steps_per_task=cfg.steps_per_task,
+                        log=log)
     return cls(ctx, build_options(cls, cfg.options))
 
 
@@ -214,7 +215,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # batch sampling
         self.stream = build_stream(cfg)
         try:
-            self.method = build_method(cfg, self.stream)
+            self.method = build_method(cfg, self.stream, log)
         except ConfigError:
             raise
         except ValueError as e:  # sizes that do not fit (a model too small for the images)

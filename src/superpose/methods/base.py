@@ -36,6 +36,9 @@ class MethodContext:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     steps_per_task: int = 1000
+    # Progress of long work a method does outside the training steps (CLNP's grid): one line a
+    # call. The trainer passes its own log; the default says nothing.
+    log: Callable[[str], None] = field(default=lambda _: None)
 
 
 def make_optimizer(name: str, params: Iterator[nn.Parameter] | list, lr: float

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -825,7 +826,11 @@ class Clnp(Method):
         start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         trained = []
         batches = self._scan_batches(task)
-        for i, (lr, scale) in enumerate((a, b) for a in lrs for b in scales):
+        grid = [(a, b) for a in lrs for b in scales]
+        self.ctx.log(f"clnp: grid on task {task}: {len(grid)} candidates (lr {lrs} x L1 scale "
+                     f"{scales}), {self.ctx.steps_per_task} steps each")
+        for i, (lr, scale) in enumerate(grid):
+            t0 = time.perf_counter()
             self.model.load_state_dict(start)
             self.l1_scale = scale
             self._snapshot_taken = False
@@ -836,6 +841,9 @@ class Clnp(Method):
                                  self._keep_masks(activity, [-math.inf] * len(activity)))
             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             trained.append(((lr, scale), acc, activity, state))
+            self.ctx.log(f"clnp: grid candidate {i + 1}/{len(grid)} (lr {lr:g}, L1 scale "
+                         f"{scale:g}): validation {100 * acc:.2f} % before pruning "
+                         f"({time.perf_counter() - t0:.0f} s)")
         best = max(acc for _, acc, _, _ in trained)
         candidates = []
         free = sum(int((~u).sum()) for u in self.used)
