@@ -28,6 +28,9 @@ WIDTHS = [128, 256, 512, 1024, 2048]
 FIG3_METHODS = ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-rotation")
 PAPER_TABLE = {"ewc": 97.0, "si": 97.2, "standard": 61.8, "psp-binary": 97.6,
                "psp-complex": 97.4, "psp-onepower": 97.2}
+#: The table's EWC and SI numbers are Zenke et al.'s (their Fig. 4: 10 tasks, 2x2000, Adam,
+#: batch 256, 20 epochs): the "zenke" experiment runs the baselines on that protocol.
+ZENKE_METHODS = ("si", "ewc", "standard")
 
 
 def fig3_name(method: str, seed: int) -> str:
@@ -81,6 +84,11 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None
             for m in ("psp-binary", "psp-complex", "psp-onepower"):
                 add(exp, config, f"{prefix}-{m}-learned-s{s}", method=m, seed=s,
                     learn_context=True, **short_pm)
+    if "zenke" in which:
+        short_z = {"tasks": 3, "steps_per_task": 300, "eval_every": 100} if quick else {}
+        for s in range(seeds):
+            for m in ZENKE_METHODS:
+                add("zenke", "zenke_pmnist.yaml", f"zenke-{m}-s{s}", method=m, seed=s, **short_z)
     if "fig4" in which:
         for m in ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-rotation"):
             add("fig4", "psp_fig4_rotating_fmnist.yaml", f"fig4-{m}", method=m, **short_rot)
@@ -177,6 +185,28 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
             ctx = kind if m.startswith("psp") else "–"
             lines.append(f"| {m} | {ctx} | {mean_std(vals)} | {PAPER_TABLE.get(m, '–')} |")
         lines.append("")
+    if "zenke" in by_exp:
+        cfg = load_yaml(out / by_exp["zenke"][0]["name"] / "config.yaml")  # as run
+        first = results[by_exp["zenke"][0]["name"]]
+        lines += [f"### Baselines on Zenke et al.'s protocol ({first['tasks']} tasks × "
+                  f"{first['steps'] // first['tasks']} steps, {cfg['depth']}×{cfg['width']}, "
+                  f"{cfg['optimizer']} {cfg['lr']:g}, batch {cfg['batch_size']}): average test "
+                  f"accuracy over all tasks after the last (%)", "",
+                  "| method | strength | ours (mean ± std over seeds) | Zenke et al. |",
+                  "|---|---|---|---|"]
+        groups_z: dict[str, list[float]] = {}
+        strength: dict[str, str] = {}
+        for r in by_exp["zenke"]:
+            m = r["overrides"]["method"]
+            summary = results[r["name"]]
+            groups_z.setdefault(m, []).append(summary["average_accuracy"])
+            opts = load_yaml(out / r["name"] / "config.yaml")
+            strength[m] = {"si": f"c = {opts.get('si_c')}, ξ = {opts.get('si_xi')}",
+                           "ewc": f"λ = {opts.get('ewc_lambda')}"}.get(m, "–")
+        for m, vals in groups_z.items():
+            paper = PAPER_TABLE.get(m, "–") if m != "standard" else "–"
+            lines.append(f"| {m} | {strength[m]} | {mean_std(vals)} | {paper} |")
+        lines.append("")
     if "fig2" in by_exp:
         lines += ["### Fig. 2: task-0 accuracy (%) by width: right after task 0, after 10 and "
                   "after all tasks; points lost per task over the second half of the tasks; "
@@ -243,8 +273,8 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="fig2,fig3,table,table-wide,fig4,fig5",
-                    help="comma list of fig2, fig3, table, table-wide, fig4, fig5")
+    ap.add_argument("--only", default="fig2,fig3,table,table-wide,zenke,fig4,fig5",
+                    help="comma list of fig2, fig3, table, table-wide, zenke, fig4, fig5")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs to check the pipeline")
     ap.add_argument("--out", default="runs/reproduce-psp")
