@@ -29,8 +29,9 @@ FIG3_METHODS = ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-ro
 PAPER_TABLE = {"ewc": 97.0, "si": 97.2, "standard": 61.8, "psp-binary": 97.6,
                "psp-complex": 97.4, "psp-onepower": 97.2}
 #: The table's EWC and SI numbers are Zenke et al.'s (their Fig. 4: 10 tasks, 2x2000, Adam,
-#: batch 256, 20 epochs): the "zenke" experiment runs the baselines on that protocol.
-ZENKE_METHODS = ("si", "ewc", "standard")
+#: batch 256, 20 epochs): the "zenke" experiment runs the baselines on that protocol, and
+#: psp-binary beside them, so that PSP and the baselines it is compared with share one protocol.
+ZENKE_METHODS = ("si", "ewc", "psp-binary", "standard")
 ZENKE_PAPER = {"ewc": 97.0, "si": 97.2}
 
 
@@ -205,7 +206,8 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
             groups_z.setdefault(m, []).append(summary["average_accuracy"])
             opts = configs[r["name"]]
             strength[m] = {"si": f"c = {opts.get('si_c')}, ξ = {opts.get('si_xi')}",
-                           "ewc": f"λ = {opts.get('ewc_lambda')}"}.get(m, "–")
+                           "ewc": f"λ = {opts.get('ewc_lambda')}",
+                           "psp-binary": "fixed binary contexts"}.get(m, "–")
         for m, vals in groups_z.items():
             lines.append(f"| {m} | {strength[m]} | {mean_std(vals)} | "
                          f"{ZENKE_PAPER.get(m, '–')} |")

@@ -1,8 +1,10 @@
 """Configuration: merging YAML and flags, benchmark defaults, validation errors."""
 
+from pathlib import Path
+
 import pytest
 
-from superpose.config import load_yaml, resolve
+from superpose.config import load_yaml, options_of, resolve, split_methods
 from superpose.errors import ConfigError
 
 
@@ -66,3 +68,25 @@ def test_method_flag_over_a_multi_method_file_drops_the_other_methods_options():
         resolve(file_layer, {"method": "ewc", "si_c": 2.0})
     with pytest.raises(ConfigError, match="does not apply"):
         resolve({"method": "psp-binary", "si_c": 1.0})
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_resolves_as_is_and_for_each_of_its_methods(path):
+    raw = load_yaml(path)
+    cfg = resolve(raw)  # `superpose run configs/<file>` must not fail on its own file
+    for method in split_methods(cfg.method):
+        one = resolve(raw, {"method": method})  # what `--method <m>` runs
+        # the file's options for this method reach it; none of the others' do
+        mine = options_of(method)
+        assert set(one.options) <= mine
+        assert {k: v for k, v in cfg.options.items() if k in mine} == one.options
+
+
+def test_zenke_protocol_carries_each_baselines_validated_strength():
+    raw = load_yaml(CONFIG_DIR / "zenke_pmnist.yaml")
+    assert resolve(raw, {"method": "ewc"}).options == {"ewc_lambda": 1e4}
+    assert resolve(raw, {"method": "si"}).options == {"si_c": 0.1, "si_xi": 0.1}
+    assert resolve(raw, {"method": "psp-binary"}).options == {}
