@@ -192,24 +192,29 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
                    for r in by_exp["zenke"]}
         cfg = configs[by_exp["zenke"][0]["name"]]
         first = results[by_exp["zenke"][0]["name"]]
-        lines += [f"### Baselines on Zenke et al.'s protocol ({first['tasks']} tasks × "
-                  f"{first['steps'] // first['tasks']} steps, {cfg['depth']}×{cfg['width']}, "
-                  f"{cfg['optimizer']} {cfg['lr']:g}, batch {cfg['batch_size']}): average test "
-                  f"accuracy over all tasks after the last (%)", "",
-                  "| method | strength | ours (mean ± std over seeds) | Zenke et al. |",
-                  "|---|---|---|---|"]
+        lines += [f"### psp-binary and the baselines on Zenke et al.'s protocol "
+                  f"({first['tasks']} tasks × {first['steps'] // first['tasks']} steps, "
+                  f"{cfg['depth']}×{cfg['width']}, {cfg['optimizer']} {cfg['lr']:g}, batch "
+                  f"{cfg['batch_size']}): average test accuracy over all tasks after the last, "
+                  "and backward transfer (the mean change of tasks 1…T−1 from right after their "
+                  "training to the end), in %", "",
+                  "| method | strength | average (mean ± std over seeds) | backward transfer "
+                  "| Zenke et al. |",
+                  "|---|---|---|---|---|"]
         groups_z: dict[str, list[float]] = {}
+        bwt: dict[str, list[float]] = {}
         strength: dict[str, str] = {}
         for r in by_exp["zenke"]:
             m = r["overrides"]["method"]
             summary = results[r["name"]]
             groups_z.setdefault(m, []).append(summary["average_accuracy"])
+            bwt.setdefault(m, []).append(summary["backward_transfer"])
             opts = configs[r["name"]]
             strength[m] = {"si": f"c = {opts.get('si_c')}, ξ = {opts.get('si_xi')}",
                            "ewc": f"λ = {opts.get('ewc_lambda')}",
                            "psp-binary": "fixed binary contexts"}.get(m, "–")
         for m, vals in groups_z.items():
-            lines.append(f"| {m} | {strength[m]} | {mean_std(vals)} | "
+            lines.append(f"| {m} | {strength[m]} | {mean_std(vals)} | {mean_std(bwt[m])} | "
                          f"{ZENKE_PAPER.get(m, '–')} |")
         lines.append("")
     if "fig2" in by_exp:
