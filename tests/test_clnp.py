@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from superpose import models, plots_clnp
+from superpose import models, plots_clnp, pruning
 from superpose.config import resolve
 from superpose.errors import ConfigError
 from superpose.methods.base import MethodContext
@@ -290,6 +290,24 @@ def test_checkpoint_state_round_trip_with_a_grown_layer():
     assert fresh.summary() == m.summary()
 
 
+@pytest.mark.parametrize("order, layer", [("first", 0), ("last", 1)])
+def test_theta_order_picks_the_layer_scanned_first(monkeypatch, order, layer):
+    scans = []
+
+    def spy(*args, **kwargs):
+        scans.append(real(*args, **kwargs))
+        return scans[-1]
+
+    real = pruning.scan_thresholds
+    monkeypatch.setattr(pruning, "scan_thresholds", spy)
+    torch.manual_seed(0)
+    train(make(theta_order=order), 0)
+    (scan,) = scans
+    start = scan.evaluations[0][0]
+    changed = next(trial for trial, _ in scan.evaluations if trial != start)
+    assert [i for i, (a, b) in enumerate(zip(start, changed, strict=True)) if a != b] == [layer]
+
+
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="head"):
         make("both")
@@ -297,6 +315,8 @@ def test_options_are_checked():
         make(l1=[1e-5, 1e-5])
     with pytest.raises(ConfigError, match="margin"):
         make(margin=-0.1)
+    with pytest.raises(ConfigError, match="theta-order"):
+        make(theta_order="middle")
     with pytest.raises(ConfigError, match="ReLU"):
         make(build=lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(),
                                          nn.Linear(8, 4)))

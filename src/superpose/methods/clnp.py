@@ -353,6 +353,10 @@ class Clnp(Method):
         theta_shared: bool = field(default=False, metadata={
             "help": "scan one threshold index for all layers at once instead of layer by layer "
                     "(last hidden layer first)"})
+        theta_order: str = field(default="last", metadata={
+            "help": "layer-by-layer scan order: last (the last hidden layer first, so it takes the "
+                    "margin first; it is the one a single head fills) or first (the first hidden "
+                    "layer first)"})
         finetune_epochs: float = field(default=0.0, metadata={
             "help": "CLNP + fine-tuning (section 3.2): epochs of retraining the surviving "
                     "weights after pruning (0: off)"})
@@ -746,8 +750,9 @@ class Clnp(Method):
             key = (layer, tuple(thetas[:layer])) if layer >= 0 else None
             return self._accuracy(task, batches, masks, layer, cache, key)
 
+        order = range(n) if self.options.theta_order == "first" else range(n - 1, -1, -1)
         return pruning.scan_thresholds(evaluate, grids, reference, self.options.margin,
-                                       shared=self.options.theta_shared,
+                                       shared=self.options.theta_shared, order=order,
                                        patience=self.options.theta_patience)
 
     @torch.no_grad()
@@ -986,6 +991,8 @@ def _check_options(o: Any) -> None:
         raise ConfigError(f"l1 needs non-negative coefficients, got {o.l1}")
     if o.margin < 0:
         raise ConfigError(f"margin must be >= 0 (a fraction, 0.0005 = 0.05 %), got {o.margin}")
+    if o.theta_order not in ("last", "first"):
+        raise ConfigError(f"theta-order must be last or first, got {o.theta_order!r}")
     if o.theta_steps < 1 or o.theta_patience < 1:
         raise ConfigError("theta-steps and theta-patience must be >= 1")
     if o.finetune_epochs < 0 or o.finetune_lr <= 0:
