@@ -352,7 +352,7 @@ class Clnp(Method):
                     "margin (1: at the first); the highest acceptable one before is kept"})
         theta_shared: bool = field(default=False, metadata={
             "help": "scan one threshold index for all layers at once instead of layer by layer "
-                    "(last hidden layer first)"})
+                    "(in theta-order)"})
         theta_order: str = field(default="last", metadata={
             "help": "layer-by-layer scan order: last (the last hidden layer first, so it takes the "
                     "margin first; it is the one a single head fills) or first (the first hidden "
@@ -750,7 +750,7 @@ class Clnp(Method):
             key = (layer, tuple(thetas[:layer])) if layer >= 0 else None
             return self._accuracy(task, batches, masks, layer, cache, key)
 
-        order = range(n) if self.options.theta_order == "first" else range(n - 1, -1, -1)
+        order = range(n) if self.options.theta_order == "first" else None  # None: last first
         return pruning.scan_thresholds(evaluate, grids, reference, self.options.margin,
                                        shared=self.options.theta_shared, order=order,
                                        patience=self.options.theta_patience)
