@@ -54,6 +54,14 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     # Adam at RMSprop's rate: the same step size, plus momentum
     "w1024-adam1e-4-glorot": {"init": "glorot", "width": 1024, "optimizer": "adam", "lr": 1e-4},
     "w2048-adam1e-4-glorot": {"init": "glorot", "width": 2048, "optimizer": "adam", "lr": 1e-4},
+    # a cosine decay within every task (--lr-schedule cosine): large early steps to learn, small
+    # late ones, so less of the steps after a task is learned lands on the other tasks
+    "w1024-rms2e-4-glorot-cos": {"init": "glorot", "width": 1024, "lr": 2e-4,
+                                 "lr_schedule": "cosine"},
+    "w1024-rms4e-4-glorot-cos": {"init": "glorot", "width": 1024, "lr": 4e-4,
+                                 "lr_schedule": "cosine"},
+    "w2048-rms2e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 2e-4,
+                                 "lr_schedule": "cosine"},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,

@@ -36,6 +36,8 @@ HELP = {
     "no_bias": "mlp layers without biases (PSP's contexts do not reach a bias, so every task "
                "moves the biases of all others)",
     "lr": "learning rate",
+    "lr_schedule": "learning rate within each task: constant (the papers'), or cosine (from "
+                   "--lr down to 0 over the task's steps, restarting at every task)",
     "optimizer": "adam, rmsprop or sgd",
     "seed": "random seed (data order, init, permutations, contexts)",
     "device": "cpu, cuda, cuda:N",

@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .methods import METHODS
-from .methods.base import OPTIMIZERS
+from .methods.base import LR_SCHEDULES, OPTIMIZERS
 from .models import INITS, MODELS
 from .registry import unknown_name_message
 from .streams import STREAMS
@@ -41,6 +41,7 @@ class RunConfig:
     init: str = "torch"  # weight initialisation: torch (PyTorch's default) or glorot (TF's)
     no_bias: bool = False  # mlp without biases (a PSP bias is shared by every task, unprotected)
     lr: float | None = None
+    lr_schedule: str = "constant"  # within each task: constant, or cosine from lr down to 0
     optimizer: str | None = None
     seed: int = 0
     device: str = "cpu"
@@ -298,6 +299,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {v}")
     if cfg.lr is None or not math.isfinite(cfg.lr) or cfg.lr <= 0:
         raise ConfigError(f"lr must be a positive finite number, got {cfg.lr}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(unknown_name_message("lr-schedule", str(cfg.lr_schedule),
+                                               list(LR_SCHEDULES)))
     if cfg.init not in INITS:
         raise ConfigError(unknown_name_message("init", str(cfg.init), list(INITS)))
     if cfg.no_bias and cfg.model != "mlp":

@@ -30,6 +30,7 @@ from . import checkpoint, evaluation, models, streams
 from .config import RESUME_OVERRIDES, RunConfig, build_options
 from .errors import CheckpointError, ConfigError
 from .methods import METHODS, Method, MethodContext
+from .methods.base import lr_scale, set_lr_scale
 from .streams.base import Stream
 
 Log = Callable[[str], None]
@@ -330,6 +331,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 x, y = stream.train_batch(seg.task, state.global_step, cfg.batch_size,
                                           self.generator)
+                if cfg.lr_schedule != "constant":
+                    set_lr_scale(method.optimizer,
+                                 lr_scale(cfg.lr_schedule, state.step_in_segment, seg.steps))
                 loss = float(method.train_step(x, y, seg.task, state.global_step))
                 state.train_seconds += time.perf_counter() - t0
                 if not math.isfinite(loss):

@@ -13,6 +13,7 @@ rate, optimiser, ...) come in a ``MethodContext``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -58,6 +59,33 @@ def make_optimizer(name: str, params: Iterator[nn.Parameter] | list, lr: float
 
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_scale(schedule: str, step: int, steps: int) -> float:
+    """The factor on the learning rate at ``step`` (0-based) of a task of ``steps`` steps.
+
+    ``constant``: 1 (both papers). ``cosine``: 0.5 (1 + cos(pi step / steps)), from 1 at a
+    task's first step down towards 0 at its last, restarting at every task (a per-task
+    version of Loshchilov & Hutter's SGDR; not in either paper).
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    raise ValueError(f"unknown lr schedule {schedule!r}: choose {', '.join(LR_SCHEDULES)}")
+
+
+def set_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """Set every parameter group's rate to ``scale`` times its rate when first seen here.
+
+    The base rate is kept in the group as ``initial_lr`` (PyTorch's own schedulers' key), so
+    groups with their own rates (CLNP's fine-tuning) keep their ratios, and a checkpoint of
+    the optimiser carries the base rate with it.
+    """
+    for group in optimizer.param_groups:
+        base = group.setdefault("initial_lr", group["lr"])
+        group["lr"] = base * scale
 
 
 class Method:

@@ -1,0 +1,96 @@
+"""The per-task learning-rate schedule (--lr-schedule): its formula, the loop applying it at
+every step of every task, and resume restoring it mid-task."""
+
+import json
+import math
+import os
+import signal
+
+import pytest
+
+from superpose import training
+from superpose.checkpoint import load
+from superpose.config import resolve
+from superpose.errors import ConfigError
+from superpose.methods.base import Method, lr_scale
+
+BASE = {"benchmark": "permuted-digits", "method": "standard", "tasks": 2, "steps_per_task": 12,
+        "eval_every": 4, "threads": 1, "optimizer": "sgd", "lr": 0.05}
+
+
+def test_cosine_scale_by_hand():
+    steps = 8
+    assert lr_scale("cosine", 0, steps) == 1.0
+    assert lr_scale("cosine", 4, steps) == pytest.approx(0.5, abs=1e-15)
+    assert lr_scale("cosine", 2, steps) == pytest.approx(0.5 + 0.25 * math.sqrt(2))
+    assert lr_scale("cosine", 6, steps) == pytest.approx(0.5 - 0.25 * math.sqrt(2))
+    scales = [lr_scale("cosine", s, steps) for s in range(steps)]
+    # strictly falling within a task
+    assert all(a > b for a, b in zip(scales[:-1], scales[1:], strict=True))
+    assert 0 < scales[-1] < 0.05  # the last step still moves (the rate reaches 0 after it)
+    assert [lr_scale("constant", s, steps) for s in range(steps)] == [1.0] * steps
+    with pytest.raises(ValueError, match="cosine"):
+        lr_scale("linear", 0, steps)
+
+
+def record_rates(monkeypatch):
+    """Record the rate of the optimiser's first group at every training step."""
+    real_step = Method.train_step
+    rates = []
+
+    def recording(self, x, y, task, step):
+        out = real_step(self, x, y, task, step)
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return out
+
+    monkeypatch.setattr(Method, "train_step", recording)
+    return rates
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_loop_sets_the_rate_at_every_step_and_restarts_it_per_task(tmp_path, monkeypatch,
+                                                                   schedule):
+    rates = record_rates(monkeypatch)
+    training.run(resolve({**BASE, "lr_schedule": schedule}), tmp_path / "r", progress=False)
+    n = BASE["steps_per_task"]
+    want = [BASE["lr"] * lr_scale(schedule, s, n) for s in range(n)] * BASE["tasks"]
+    assert rates == pytest.approx(want, rel=1e-12)
+    cfg = (tmp_path / "r" / "config.yaml").read_text()
+    assert f"lr_schedule: {schedule}" in cfg
+
+
+def test_cosine_changes_training_and_survives_resume(tmp_path, monkeypatch):
+    """A cosine run differs from a constant one, and one stopped mid-task and resumed ends
+    bit for bit like one that never stopped (the schedule follows the restored step)."""
+    cos = {**BASE, "lr_schedule": "cosine", "checkpoint_every": 5}
+    training.run(resolve(cos), tmp_path / "ref", progress=False)
+    training.run(resolve({**BASE, "checkpoint_every": 5}), tmp_path / "const", progress=False)
+    ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    const = json.loads((tmp_path / "const" / "summary.json").read_text())
+    assert ref["first_task_curve"] != const["first_task_curve"]
+
+    # Ctrl-C during global step 17 (task 1, step 5 of 12): the run checkpoints there.
+    cut = tmp_path / "cut"
+    real_step = Method.train_step
+    calls = {"n": 0}
+
+    def interrupted(self, x, y, task, step):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, x, y, task, step)
+
+    monkeypatch.setattr(Method, "train_step", interrupted)
+    with pytest.raises(training.Interrupted):
+        training.run(resolve(cos), cut, progress=False)
+    monkeypatch.setattr(Method, "train_step", real_step)
+    assert load(cut / "checkpoint.safetensors")[1]["loop"]["step_in_segment"] == 5
+    training.run(resolve(cos), cut, resume=True, progress=False)
+    again = json.loads((cut / "summary.json").read_text())
+    assert again["final_accuracy"] == ref["final_accuracy"]
+    assert again["first_task_curve"] == ref["first_task_curve"]
+
+
+def test_unknown_schedule_is_a_config_error():
+    with pytest.raises(ConfigError, match="constant"):
+        resolve({**BASE, "lr_schedule": "step"})
