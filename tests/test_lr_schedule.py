@@ -94,3 +94,37 @@ def test_cosine_changes_training_and_survives_resume(tmp_path, monkeypatch):
 def test_unknown_schedule_is_a_config_error():
     with pytest.raises(ConfigError, match="constant"):
         resolve({**BASE, "lr_schedule": "step"})
+
+
+def runs_of(rates):
+    """Split a list of rates into the runs the schedule restarts (a rate above the last)."""
+    runs = [[rates[0]]]
+    for r in rates[1:]:
+        if r > runs[-1][-1]:
+            runs.append([r])
+        else:
+            runs[-1].append(r)
+    return runs
+
+
+def test_clnp_grid_and_fine_tuning_follow_the_schedule(monkeypatch):
+    """CLNP trains outside the loop (grid candidates, fine-tuning): each of those trainings
+    follows the cosine over its own steps, at its own rate."""
+    import dataclasses
+
+    import torch
+
+    from test_clnp import make
+
+    rates = record_rates(monkeypatch)
+    torch.manual_seed(0)
+    m = make(grid_lr=[0.01, 0.002], finetune_epochs=0.5, finetune_lr=0.003)
+    m.ctx = dataclasses.replace(m.ctx, lr_schedule="cosine")
+    m.begin_task(0)  # the grid: two candidates of 30 steps
+    m.end_task(0)  # pruning, then fine-tuning
+    runs = runs_of(rates)
+    assert [len(r) for r in runs[:2]] == [30, 30]
+    assert [r[0] for r in runs] == pytest.approx([0.01, 0.002, 0.003])
+    for run in runs:
+        n = len(run)
+        assert run == pytest.approx([run[0] * lr_scale("cosine", s, n) for s in range(n)])

@@ -78,7 +78,7 @@ def build_method(cfg: RunConfig, stream: Stream, log: Log = lambda _: None) -> M
     ctx = MethodContext(stream=stream, build_model=build_model_factory(cfg, stream), lr=cfg.lr,
                         optimizer=cfg.optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                         device=torch.device(cfg.device), steps_per_task=cfg.steps_per_task,
-                        log=log)
+                        lr_schedule=cfg.lr_schedule, log=log)
     return cls(ctx, build_options(cls, cfg.options))
 
 

@@ -37,6 +37,9 @@ class MethodContext:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     steps_per_task: int = 1000
+    # The rate's schedule within a task (``lr_scale``); the loop applies it to ``optimizer``,
+    # a method training on its own (CLNP's grid and fine-tuning) applies it to its steps.
+    lr_schedule: str = "constant"
     # Progress of long work a method does outside the training steps (CLNP's grid): one line a
     # call. The trainer passes its own log; the default says nothing.
     log: Callable[[str], None] = field(default=lambda _: None)

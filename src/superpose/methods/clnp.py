@@ -39,7 +39,7 @@ from torch import Tensor
 from .. import pruning
 from ..errors import ConfigError
 from . import METHODS
-from .base import Method, MethodContext, make_optimizer
+from .base import Method, MethodContext, lr_scale, make_optimizer, set_lr_scale
 
 LOG = logging.getLogger(__name__)
 
@@ -796,13 +796,16 @@ class Clnp(Method):
 
     # ---- extra training: fine-tuning (section 3.2) and the grid (section 2.2) ----------------
     def _train_for(self, task: int, steps: int, lr: float, seed: int) -> None:
-        """``steps`` optimiser steps on the task's training data with the current masks."""
+        """``steps`` optimiser steps on the task's training data with the current masks, the rate
+        following the run's schedule over these steps."""
         gen = torch.Generator().manual_seed(seed)
         saved = self.optimizer
         self.optimizer = fast_optimizer(self.ctx.optimizer, self.trainable_parameters(), lr)
         try:
             for s in range(steps):
                 x, y = self.ctx.stream.train_batch(task, s, self.ctx.batch_size, gen)
+                if self.ctx.lr_schedule != "constant":
+                    set_lr_scale(self.optimizer, lr_scale(self.ctx.lr_schedule, s, steps))
                 loss = float(self.train_step(x, y, task, s))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"clnp: loss became {loss} while training task "
