@@ -62,6 +62,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                                  "lr_schedule": "cosine"},
     "w1024-rms8e-4-glorot-cos": {"init": "glorot", "width": 1024, "lr": 8e-4,
                                  "lr_schedule": "cosine"},
+    "w2048-rms2e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 2e-4,
+                                 "lr_schedule": "cosine"},
     "w2048-rms4e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 4e-4,
                                  "lr_schedule": "cosine"},
 }
