@@ -66,6 +66,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                                  "lr_schedule": "cosine"},
     "w2048-rms4e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 4e-4,
                                  "lr_schedule": "cosine"},
+    "w2048-rms6e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 6e-4,
+                                 "lr_schedule": "cosine"},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,
