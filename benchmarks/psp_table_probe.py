@@ -56,18 +56,10 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "w2048-adam1e-4-glorot": {"init": "glorot", "width": 2048, "optimizer": "adam", "lr": 1e-4},
     # a cosine decay within every task (--lr-schedule cosine): large early steps to learn, small
     # late ones, so less of the steps after a task is learned lands on the other tasks
-    "w1024-rms2e-4-glorot-cos": {"init": "glorot", "width": 1024, "lr": 2e-4,
-                                 "lr_schedule": "cosine"},
-    "w1024-rms4e-4-glorot-cos": {"init": "glorot", "width": 1024, "lr": 4e-4,
-                                 "lr_schedule": "cosine"},
-    "w1024-rms8e-4-glorot-cos": {"init": "glorot", "width": 1024, "lr": 8e-4,
-                                 "lr_schedule": "cosine"},
-    "w2048-rms2e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 2e-4,
-                                 "lr_schedule": "cosine"},
-    "w2048-rms4e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 4e-4,
-                                 "lr_schedule": "cosine"},
-    "w2048-rms6e-4-glorot-cos": {"init": "glorot", "width": 2048, "lr": 6e-4,
-                                 "lr_schedule": "cosine"},
+    **{f"w{width}-rms{lr}-glorot-cos": {"init": "glorot", "width": width, "lr": float(lr),
+                                        "lr_schedule": "cosine"}
+       for width, lr in [(1024, "2e-4"), (1024, "4e-4"), (1024, "8e-4"),
+                         (2048, "2e-4"), (2048, "4e-4"), (2048, "6e-4")]},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,
