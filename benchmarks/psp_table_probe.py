@@ -1,7 +1,8 @@
 """Probe protocols for the PSP Fig. 3 table (average accuracy over the last 10 of 50 tasks).
 
 A full table run is 50 tasks x 1000 steps per method; a probe is 11 tasks of the same stream
-(psp-binary, fixed contexts), which measures the two things the table's average is made of:
+(psp-binary unless a protocol names another method, fixed contexts), which measures the two
+things the table's average is made of:
 
     learn  the mean accuracy of tasks 1..10 right after each one's 1000 steps (the ceiling)
     final  the mean accuracy of tasks 1..10 after all 11 tasks (each has 0..9 later tasks
@@ -61,6 +62,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
        for width, lr in [(1024, "2e-4"), (1024, "4e-4"), (1024, "8e-4"),
                          (2048, "2e-4"), (2048, "4e-4"), (2048, "6e-4"),
                          (4096, "4e-4")]},
+    # psp-complex under the cosine: its weights have two real parts, each moved by the rate
+    **{f"w1024-complex-rms{lr}-glorot-cos": {"method": "psp-complex", "init": "glorot",
+                                             "width": 1024, "lr": float(lr),
+                                             "lr_schedule": "cosine"}
+       for lr in ["2e-4", "4e-4"]},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,

@@ -115,6 +115,18 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None
     return out
 
 
+def select_methods(runs: list[dict[str, Any]], methods: str) -> list[dict[str, Any]]:
+    """The runs of the methods in a comma list (a run that names no method is Fig. 5's
+    psp-complex); an unknown name is an error rather than an empty selection."""
+    keep = {m.strip() for m in methods.split(",") if m.strip()}
+    method = {r["name"]: r["overrides"].get("method", "psp-complex") for r in runs}
+    unknown = keep - set(method.values())
+    if unknown:
+        raise SystemExit(f"--methods: no run of {', '.join(sorted(unknown))} in these "
+                         f"experiments (they have {', '.join(sorted(set(method.values())))})")
+    return [r for r in runs if method[r["name"]] in keep]
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one run (or reuse / resume its folder); returns its summary."""
     import torch
@@ -318,6 +330,8 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     ap.add_argument("--tasks", type=int, default=None,
                     help="permuting-MNIST experiments: this many tasks instead of 50 (partial)")
+    ap.add_argument("--methods", default=None,
+                    help="comma list: only the runs of these methods (e.g. psp-binary,psp-complex)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: tabulate the runs already finished under --out")
     args = ap.parse_args()
@@ -326,6 +340,8 @@ def main() -> None:
                + (f"-{args.tasks}tasks" if args.tasks else ""))
     out.mkdir(parents=True, exist_ok=True)
     runs = specs(which, 1 if args.quick else args.seeds, args.quick, args.tasks)
+    if args.methods:
+        runs = select_methods(runs, args.methods)
     unique = {r["name"]: r for r in runs}  # a run two experiments share is trained once
     jobs = [{**r, "out": str(out), "threads": args.threads, "data_dir": args.data_dir,
              "device": args.device} for r in unique.values()]

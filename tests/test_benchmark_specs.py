@@ -180,3 +180,16 @@ def test_reproduce_psp_passes_the_device_to_every_run(rp, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             rp.run_one({**job, "name": "tiny-cuda", "device": "cuda"})
+
+
+def test_reproduce_psp_selects_runs_by_method(rp):
+    """--methods keeps exactly the runs of the named methods (fixed and learned contexts, every
+    seed) and refuses a name no run of the experiments has."""
+    runs = rp.specs(["table-best"], seeds=3, quick=False)
+    chosen = rp.select_methods(runs, "psp-binary, psp-complex")
+    assert len(chosen) == 12  # 2 methods x {fixed, learned} x 3 seeds
+    assert {r["overrides"]["method"] for r in chosen} == {"psp-binary", "psp-complex"}
+    assert sum(bool(r["overrides"].get("learn_context")) for r in chosen) == 6
+    assert all(r["name"].startswith("tableb-") for r in chosen)
+    with pytest.raises(SystemExit, match="psp-bianry"):
+        rp.select_methods(runs, "psp-binary,psp-bianry")
