@@ -193,3 +193,20 @@ def test_reproduce_psp_selects_runs_by_method(rp):
     assert all(r["name"].startswith("tableb-") for r in chosen)
     with pytest.raises(SystemExit, match="psp-bianry"):
         rp.select_methods(runs, "psp-binary,psp-bianry")
+
+
+def test_device_check_compares_two_devices_and_catches_a_changed_digest():
+    """device_check on CPU against CPU: every run agrees exactly (same seed, same kernels) and
+    CLNP's digests hold; a digest that changes after a later task fails the guarantee."""
+    dc = _load_script("device_check")
+    assert set(dc.CHECKS) >= {"psp-binary", "psp-complex-learned", "clnp", "ewc", "si"}
+    rows, ok = dc.check(["psp-binary", "clnp"], "cpu", steps=20, tolerance=0.0)
+    assert ok, rows
+    assert len(rows) == 4 and all(row.endswith("| ok |") for row in rows[2:])
+    assert all("| +0.00 |" in row for row in rows[2:])
+    kept = [{"0": "a"}, {"0": "a", "1": "b"}, {"0": "a", "1": "b", "2": "c"}]
+    assert dc.clnp_exact({"clnp_logit_digests": kept})
+    moved = [{"0": "a"}, {"0": "a", "1": "b"}, {"0": "a", "1": "x", "2": "c"}]
+    assert not dc.clnp_exact({"clnp_logit_digests": moved})
+    with pytest.raises(KeyError):
+        dc.check(["no-such-method"], "cpu", steps=1, tolerance=0.0)
