@@ -355,3 +355,24 @@ def test_end_to_end_on_permuted_digits(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="superpose.methods.clnp"):
         run(cfg, tmp_path / "noval", progress=False)
     assert "--validation 0.1" in caplog.text
+
+
+def test_a_nearly_depleted_layer_is_warned_about(caplog):
+    """A layer with free units, but fewer than 1 % of its width, gets a warning before the next
+    task; one with enough free units, or none (the depleted event instead), does not."""
+    torch.manual_seed(0)
+    m = make()
+    train(m, 0)
+    m.used[0][:] = False
+    m.used[1][:] = True
+    m.used[1][0] = False  # dense 2: 1 free unit of 24 (4 %): not yet low
+    with caplog.at_level(logging.WARNING, logger="superpose.methods.clnp"):
+        m._check_capacity(1)
+    assert caplog.text == ""
+    wide = m.net.units(1)
+    m.net.units = lambda l: 200 if l == 1 else wide  # the same 1 free unit of 200 (0.5 %)
+    with caplog.at_level(logging.WARNING, logger="superpose.methods.clnp"):
+        m._check_capacity(1)
+    assert "dense 2 has only 1 free units of 200 before task 1" in caplog.text
+    assert "dense 1" not in caplog.text
+    assert m.summary()["capacity"]["depleted"] == []

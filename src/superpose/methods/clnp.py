@@ -46,6 +46,10 @@ LOG = logging.getLogger(__name__)
 WEIGHT_TYPES = (nn.Linear, nn.Conv2d)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 PHASES = ("frozen", "train", "finetune")
+#: A hidden layer with free units but fewer than this fraction of its width gets a warning
+#: before the next task (one seed of the 10-task run kept 1 of 2000 second-layer units free
+#: and its last task, trained in that unit alone, tested at 19 %).
+LOW_FREE_FRACTION = 0.01
 #: cache the validation activations of one layer during a threshold scan up to this size
 SCAN_CACHE_BYTES = 1 << 30
 
@@ -593,11 +597,17 @@ class Clnp(Method):
         return out
 
     def _check_capacity(self, task: int) -> None:
-        """Say when a hidden layer has no free units left; widen it with ``grow``."""
+        """Say when a hidden layer has no free units left (widen it with ``grow``), and warn
+        when it has almost none: fewer than :data:`LOW_FREE_FRACTION` of its units."""
         net = self.net
         for l in range(net.num_hidden):
             free = int((~self.used[l]).sum())
             if free >= self.options.min_free:
+                if free < LOW_FREE_FRACTION * net.units(l):
+                    LOG.warning("clnp: %s has only %d free units of %d before task %d; the task "
+                                "can add little there (--grow N widens a layer with fewer than "
+                                "--min-free N free units)", net.layer_names()[l], free,
+                                net.units(l), task)
                 continue
             name = net.layer_names()[l]
             event: dict[str, Any] = {"task": task, "layer": name, "free": free}
