@@ -8,8 +8,11 @@ things the table's average is made of:
     final  the mean accuracy of tasks 1..10 after all 11 tasks (each has 0..9 later tasks
            on top, as tasks 40..49 have in the table): a proxy for the table's number
 
-Task 0 (unpermuted MNIST) is left out of both. Results are appended to --out/results.jsonl
-and reused, so the script can be stopped and started again.
+Task 0 (unpermuted MNIST) is left out of both. A protocol of more tasks (``-t25``) averages
+tasks 1..24 the same way, and the table adds, for every probe, the mean of the last 10 tasks
+after all of them (the table's own metric) and task 0 right after its training and at the end.
+Results are appended to --out/results.jsonl and reused, so the script can be stopped and
+started again.
 
     python benchmarks/psp_table_probe.py                        # every protocol below
     python benchmarks/psp_table_probe.py --only w256,w1024-glorot
@@ -67,6 +70,16 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                                              "width": 1024, "lr": float(lr),
                                              "lr_schedule": "cosine"}
        for lr in ["2e-4", "4e-4"]},
+    # 25 tasks at 1024 units: where complex falls behind binary (after ~10 tasks at 2048), and
+    # whether a complex weight's initial size matters: ``polar_gain`` multiplies the polar
+    # init's magnitude (sqrt 2: each real component starts with Glorot's variance, as binary's)
+    **{f"w1024-{name}rms4e-4-glorot-cos-t25": {
+        "method": method, "init": "glorot", "width": 1024, "lr": 4e-4, "lr_schedule": "cosine",
+        "tasks": 25, **extra}
+       for name, method, extra in [("", "psp-binary", {}), ("complex-", "psp-complex", {}),
+                                   ("complex-polar1.41-", "psp-complex",
+                                    {"polar_gain": 2 ** 0.5}),
+                                   ("onepower-", "psp-onepower", {})]},
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-mnist", method="psp-binary", tasks=11,
                             steps_per_task=1000, batch_size=128, depth=2, width=256,
@@ -82,30 +95,40 @@ class TFStyleRMSprop(torch.optim.RMSprop):
 
 
 def probe(name: str, over: dict[str, Any], out: Path, data_dir: str | None) -> dict[str, Any]:
+    import superpose.complex as cx
     from superpose import training
     from superpose.config import resolve
 
     over = dict(over)
     tf_rmsprop = over.pop("tf_rmsprop", False)
+    polar_gain = over.pop("polar_gain", 1.0)
     layers = [BASE, over] + ([{"data_dir": data_dir}] if data_dir else [])
     cfg = resolve(*layers)
     folder = out / name
-    plain = torch.optim.RMSprop
+    plain, plain_polar = torch.optim.RMSprop, cx.polar_init_
     if tf_rmsprop:
         torch.optim.RMSprop = TFStyleRMSprop  # methods/base.py builds torch.optim.RMSprop
+    if polar_gain != 1.0:
+        def scaled_polar(weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            with torch.no_grad():
+                return plain_polar(weight, *args, **kwargs).mul_(polar_gain)
+        cx.polar_init_ = scaled_polar  # the complex layers' reset_parameters call it
     t0 = time.time()
     try:
         resume = (folder / "checkpoint.safetensors").is_file()
         training.run(cfg, folder, resume=resume, progress=False, log=lambda m: None)
     finally:
-        torch.optim.RMSprop = plain
+        torch.optim.RMSprop, cx.polar_init_ = plain, plain_polar
     with open(folder / "accuracy_matrix.csv") as f:
         rows = [[float(v) if v else None for v in r[1:]] for r in list(csv.reader(f))[1:]]
     n = len(rows)
     learn = [rows[i][i] for i in range(1, n)]
     final = [rows[-1][i] for i in range(1, n)]
-    return dict(name=name, over=over, tf_rmsprop=tf_rmsprop,
+    last10 = [rows[-1][i] for i in range(max(1, n - 10), n)]
+    return dict(name=name, over=over, tf_rmsprop=tf_rmsprop, polar_gain=polar_gain,
                 learn=100 * sum(learn) / len(learn), final=100 * sum(final) / len(final),
+                last10=100 * sum(last10) / len(last10), task0=[100 * rows[0][0],
+                                                               100 * rows[-1][0]],
                 secs=round(time.time() - t0))
 
 
@@ -132,11 +155,14 @@ def main() -> None:
         r = done[name]
         print(f"  {name}: learn {r['learn']:.2f}, final {r['final']:.2f} ({r['secs']} s)",
               flush=True)
-    print("\n| protocol (psp-binary, 11 tasks) | learn % | final % |\n|---|---|---|")
+    print("\n| protocol (psp-binary, 11 tasks, unless named) | learn % | final % | last 10 % "
+          "| task 0: learned → final % |\n|---|---|---|---|---|")
     for name in PROTOCOLS:
         if name in done:
             r = done[name]
-            print(f"| {name} | {r['learn']:.2f} | {r['final']:.2f} |")
+            extra = (f"{r['last10']:.2f} | {r['task0'][0]:.2f} → {r['task0'][1]:.2f}"
+                     if "last10" in r else "– | –")  # results.jsonl lines before session 14
+            print(f"| {name} | {r['learn']:.2f} | {r['final']:.2f} | {extra} |")
 
 
 if __name__ == "__main__":

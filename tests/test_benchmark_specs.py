@@ -210,3 +210,24 @@ def test_device_check_compares_two_devices_and_catches_a_changed_digest():
     assert not dc.clnp_exact({"clnp_logit_digests": moved})
     with pytest.raises(KeyError):
         dc.check(["no-such-method"], "cpu", steps=1, tolerance=0.0)
+
+
+def test_table_probe_polar_gain_scales_the_complex_init_only_for_its_run(tmp_path):
+    """A probe's ``polar_gain`` multiplies every complex layer's initial weights (seen after a
+    step too small to move them) and leaves ``polar_init_`` as it was afterwards."""
+    import superpose.complex as cx
+    from safetensors import safe_open
+
+    tp = _load_script("psp_table_probe")
+    plain = cx.polar_init_
+    tiny = {"benchmark": "permuted-digits", "method": "psp-complex", "width": 16, "tasks": 2,
+            "steps_per_task": 1, "eval_every": 1, "lr": 1e-12}
+    weights = {}
+    for gain in (1.0, 3.0):
+        r = tp.probe(f"g{gain}", {**tiny, "polar_gain": gain}, tmp_path, None)
+        assert r["polar_gain"] == gain and len(r["task0"]) == 2
+        with safe_open(str(tmp_path / f"g{gain}" / "checkpoint.safetensors"), "pt") as f:
+            weights[gain] = {k: f.get_tensor(k) for k in f.keys() if k.endswith("net.1.weight")}
+        assert cx.polar_init_ is plain
+    (key,) = weights[1.0]
+    assert torch.allclose(weights[3.0][key], 3 * weights[1.0][key], rtol=1e-4, atol=1e-7)
