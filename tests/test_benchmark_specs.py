@@ -215,8 +215,9 @@ def test_device_check_compares_two_devices_and_catches_a_changed_digest():
 def test_table_probe_polar_gain_scales_the_complex_init_only_for_its_run(tmp_path):
     """A probe's ``polar_gain`` multiplies every complex layer's initial weights (seen after a
     step too small to move them) and leaves ``polar_init_`` as it was afterwards."""
-    import superpose.complex as cx
     from safetensors import safe_open
+
+    import superpose.complex as cx
 
     tp = _load_script("psp_table_probe")
     plain = cx.polar_init_
