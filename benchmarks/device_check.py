@@ -21,6 +21,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce_clnp import digests_unchanged as clnp_exact  # noqa: E402  (a sibling script)
+
 #: name in the table -> overrides of the base run (every method, and learned contexts).
 CHECKS: dict[str, dict[str, Any]] = {
     **{m: {"method": m} for m in ("standard", "multihead", "single-task", "joint", "ewc", "si",
@@ -30,13 +33,6 @@ CHECKS: dict[str, dict[str, Any]] = {
 }
 BASE: dict[str, Any] = dict(benchmark="permuted-digits", tasks=3, batch_size=64, width=64,
                             depth=2, optimizer="adam", lr=1e-3, eval_every=50, threads=1, seed=0)
-
-
-def clnp_exact(summary: dict[str, Any]) -> bool:
-    """True if every task's logit digest is unchanged by every later task (CLNP's guarantee)."""
-    rows = summary.get("clnp_logit_digests", [])
-    return all(later[t] == row[t] for i, row in enumerate(rows) for later in rows[i:]
-               for t in row)
 
 
 def train(over: dict[str, Any], device: str, steps: int, folder: Path) -> dict[str, Any]:

@@ -78,6 +78,18 @@ def read_matrix(folder: Path) -> np.ndarray:
     return np.array([[math.nan if v == "" else float(v) for v in r[1:]] for r in rows])
 
 
+def digests_unchanged(summary: dict[str, Any]) -> bool:
+    """Whether the run recorded CLNP's logit digests and every earlier task's stayed identical
+    after every later task (the zero-forgetting guarantee, bit for bit)."""
+    digests = summary.get("clnp_logit_digests", [])
+    first: dict[str, str] = {}
+    same = bool(digests)
+    for row in digests:
+        for task, d in row.items():
+            same &= first.setdefault(task, d) == d
+    return same
+
+
 def forgetting_check(folder: Path, summary: dict[str, Any]) -> tuple[float, bool]:
     """(largest change of an earlier task's test accuracy after it was pruned, whether every
     earlier task's logit digest stayed identical)."""
@@ -86,13 +98,7 @@ def forgetting_check(folder: Path, summary: dict[str, Any]) -> tuple[float, bool
     for j in range(min(a.shape)):
         col = a[j:, j]
         change = max(change, float(np.nanmax(col) - np.nanmin(col)))
-    digests = summary.get("clnp_logit_digests", [])
-    first: dict[str, str] = {}
-    same = bool(digests)
-    for row in digests:
-        for task, d in row.items():
-            same &= first.setdefault(task, d) == d
-    return change, same
+    return change, digests_unchanged(summary)
 
 
 def mean_std(values: list[float], scale: float = 100.0) -> str:
