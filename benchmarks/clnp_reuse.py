@@ -8,7 +8,13 @@ side by side:
 - ``clnp``: Algorithm 1 as is (task 2 may grow new first-layer units);
 - ``clnp, no new dense-1 units``: task 2's free first-layer units are set to zero (weights
   and bias) and stay silent, so task 2 can only read task 1's frozen first-layer units (its
-  second layer is free to grow).
+  second layer is free to grow);
+- ``clnp, Adam state kept`` (``--variants keep-adam``): Algorithm 1 with one Adam optimiser
+  for the whole stream instead of a fresh one per task, as a TensorFlow-1 script that builds
+  its train op once would have it. A re-initialised free weight then starts task 2 with the
+  second moment its unit left at the end of task 1 (about zero for a unit that stopped
+  firing), so its first steps are several times the rate; this tests whether that kills most
+  new first-layer units and so explains the paper's small first layer.
 
 If the second reaches the first's accuracy, task 1's first-layer features suffice and the
 paper's small first layer is a matter of pruning; if not, reaching ~98 % on a new
@@ -38,6 +44,10 @@ from reproduce_clnp import steps_for  # noqa: E402  (a sibling script)
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "clnp_pmnist.yaml"
 NO_GROWTH = "clnp-no-new-dense1"
+KEEP_ADAM = "clnp-keep-adam"
+VARIANTS = {"clnp": ("clnp", "clnp"),
+            "no-new-dense1": ("clnp, no new dense-1 units", NO_GROWTH),
+            "keep-adam": ("clnp, Adam state kept", KEEP_ADAM)}
 
 
 @METHODS.register(NO_GROWTH)
@@ -59,6 +69,23 @@ class ClnpNoNewFirstLayerUnits(Clnp):
                 m.bias[free] = 0.0
 
 
+@METHODS.register(KEEP_ADAM)
+class ClnpKeepAdam(Clnp):
+    """CLNP with one optimiser for the whole stream: the moments of every free weight carry
+    over from one task to the next (frozen entries are still masked and restored)."""
+
+    name = KEEP_ADAM
+
+    def begin_task(self, task: int) -> None:
+        kept = getattr(self, "optimizer", None) if task > 0 else None
+        super().begin_task(task)
+        if kept is not None:
+            params = {id(p) for g in kept.param_groups for p in g["params"]}
+            if params != {id(p) for p in self.trainable_parameters()}:
+                raise RuntimeError("the network's parameters changed; cannot keep the optimiser")
+            self.optimizer = kept
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=float, default=10.0, help="epochs per task")
@@ -67,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="runs/clnp-reuse")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", default="clnp,no-new-dense1",
+                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     args = ap.parse_args(argv)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     steps = 150 if args.quick else steps_for(args.epochs)
     over = {"tasks": 2, "steps_per_task": steps, "eval_every": steps, "seed": args.seed,
             "threads": args.threads}
@@ -77,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({'quick' if args.quick else f'{args.epochs:g} epochs'}), seed {args.seed}\n",
           flush=True)
     rows = []
-    for label, method in (("clnp", "clnp"), ("clnp, no new dense-1 units", NO_GROWTH)):
+    for label, method in (VARIANTS[v] for v in chosen):
         cfg = resolve(load_yaml(CONFIG), {**over, "method": method})
         t0 = time.time()
         s = training.run(cfg, Path(args.out) / method, progress=False, log=lambda m: None)

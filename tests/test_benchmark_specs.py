@@ -11,7 +11,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load_script(name):
-    """A script under benchmarks/ imported as a module."""
+    """A script under benchmarks/ imported as a module (once: its methods register at import)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
@@ -127,6 +129,33 @@ def test_clnp_reuse_variant_grows_no_first_layer_units(tmp_path):
     assert first[0] > 0 and first == [first[0]] * 3
     assert second[-1] > second[0]
     assert used["clnp"][0][-1] > used["clnp"][0][0]  # the unrestricted run does grow it
+
+
+def test_clnp_reuse_keep_adam_variant_keeps_one_optimiser(tmp_path, monkeypatch):
+    """benchmarks/clnp_reuse.py's kept-Adam variant: one optimiser (and its step count) runs
+    through every task, and the earlier tasks still do not move (constant matrix columns)."""
+    from superpose.config import resolve
+    from superpose.runs import load_run
+    from superpose.training import run
+
+    module = _load_script("clnp_reuse")
+    seen = []
+
+    def end_task(self, task):
+        state = next(iter(self.optimizer.state.values()))
+        seen.append((id(self.optimizer), int(state["step"])))
+        return module.Clnp.end_task(self, task)
+
+    monkeypatch.setattr(module.ClnpKeepAdam, "end_task", end_task)
+    cfg = resolve({"benchmark": "permuted-digits", "method": module.KEEP_ADAM, "tasks": 3,
+                   "steps_per_task": 40, "width": 32, "eval_every": 40, "validation": 0.1,
+                   "lr": 0.01, "l1": [1e-3], "margin": 0.02, "threads": 1})
+    run(cfg, tmp_path / "keep", progress=False)
+    assert len({i for i, _ in seen}) == 1
+    assert [n for _, n in seen] == [40, 80, 120]
+    matrix = load_run(tmp_path / "keep").matrix  # (after task i, task j)
+    for j in range(3):
+        assert len({row[j] for row in matrix[j:]}) == 1
 
 
 def test_fig2_row_from_a_hand_made_summary(rp):
