@@ -14,7 +14,10 @@ side by side:
   its train op once would have it. A re-initialised free weight then starts task 2 with the
   second moment its unit left at the end of task 1 (about zero for a unit that stopped
   firing), so its first steps are several times the rate; this tests whether that kills most
-  new first-layer units and so explains the paper's small first layer.
+  new first-layer units and so explains the paper's small first layer;
+- ``clnp, free weights not re-initialised`` (``--variants no-reinit``): Algorithm 1 without
+  its "re-initialize W_free" line, so task 2 starts its free weights where task 1 left them
+  (a unit that task 1 left silent, its weights shrunk by the L1 term, may never fire again).
 
 If the second reaches the first's accuracy, task 1's first-layer features suffice and the
 paper's small first layer is a matter of pruning; if not, reaching ~98 % on a new
@@ -45,9 +48,11 @@ from reproduce_clnp import steps_for  # noqa: E402  (a sibling script)
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "clnp_pmnist.yaml"
 NO_GROWTH = "clnp-no-new-dense1"
 KEEP_ADAM = "clnp-keep-adam"
+NO_REINIT = "clnp-no-reinit"
 VARIANTS = {"clnp": ("clnp", "clnp"),
             "no-new-dense1": ("clnp, no new dense-1 units", NO_GROWTH),
-            "keep-adam": ("clnp, Adam state kept", KEEP_ADAM)}
+            "keep-adam": ("clnp, Adam state kept", KEEP_ADAM),
+            "no-reinit": ("clnp, free weights not re-initialised", NO_REINIT)}
 
 
 @METHODS.register(NO_GROWTH)
@@ -84,6 +89,18 @@ class ClnpKeepAdam(Clnp):
             if params != {id(p) for p in self.trainable_parameters()}:
                 raise RuntimeError("the network's parameters changed; cannot keep the optimiser")
             self.optimizer = kept
+
+
+@METHODS.register(NO_REINIT)
+class ClnpNoReinit(Clnp):
+    """CLNP whose free weights keep their values from the previous task instead of being
+    re-initialised (task 0 starts from the network's initialisation as usual)."""
+
+    name = NO_REINIT
+
+    def _reinit_free(self, task: int) -> None:
+        if task == 0 or self.multi:  # a multi-head run still needs its new head initialised
+            super()._reinit_free(task)
 
 
 def main(argv: list[str] | None = None) -> int:

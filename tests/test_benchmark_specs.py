@@ -158,6 +158,22 @@ def test_clnp_reuse_keep_adam_variant_keeps_one_optimiser(tmp_path, monkeypatch)
         assert len({row[j] for row in matrix[j:]}) == 1
 
 
+def test_clnp_reuse_no_reinit_variant_starts_free_weights_where_they_were(monkeypatch):
+    """benchmarks/clnp_reuse.py's no-reinit variant skips Algorithm 1's re-initialisation of
+    the free weights after the first task (single head); the base method re-draws them."""
+    module = _load_script("clnp_reuse")
+    calls = []
+    monkeypatch.setattr(module.Clnp, "_reinit_free", lambda self, task: calls.append(task))
+    probe = module.ClnpNoReinit.__new__(module.ClnpNoReinit)
+    probe.options = module.Clnp.Options(head="single")
+    for task in range(3):
+        probe._reinit_free(task)
+    assert calls == [0]
+    probe.options = module.Clnp.Options(head="multi")
+    probe._reinit_free(2)
+    assert calls == [0, 2]
+
+
 def test_fig2_row_from_a_hand_made_summary(rp):
     # 20 tasks of 100 steps; task 0's curve: 0.9 after task 0 (step 100), 0.8 after 10 tasks
     # (step 1000, also the end of the first half), final 0.6 at step 2000
