@@ -2,8 +2,8 @@
 
 The paper reports that after task 1 the first hidden layer barely grows (15 → 18 % of its
 units over 10 tasks) while every task reaches about 98.4 %: later tasks would reuse task 1's
-first-layer features. This benchmark trains two tasks of ``configs/clnp_pmnist.yaml`` twice,
-side by side:
+first-layer features. This benchmark trains two tasks of ``configs/clnp_pmnist.yaml`` once per
+variant (by default the first two), side by side:
 
 - ``clnp``: Algorithm 1 as is (task 2 may grow new first-layer units);
 - ``clnp, no new dense-1 units``: task 2's free first-layer units are set to zero (weights
@@ -21,10 +21,13 @@ side by side:
 
 If the second reaches the first's accuracy, task 1's first-layer features suffice and the
 paper's small first layer is a matter of pruning; if not, reaching ~98 % on a new
-permutation needs new first-layer units.
+permutation needs new first-layer units. The last two ask whether an implementation detail
+the paper leaves open makes its later tasks grow fewer first-layer units.
 
     python benchmarks/clnp_reuse.py --data-dir ../shared/data            # 10 epochs per task
     python benchmarks/clnp_reuse.py --quick --data-dir ../shared/data    # 150 steps per task
+    python benchmarks/clnp_reuse.py --epochs 20 --variants keep-adam,no-reinit \
+        --data-dir ../shared/data
 """
 
 from __future__ import annotations
