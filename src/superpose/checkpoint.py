@@ -144,6 +144,11 @@ def load(path: str | Path) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]
     return groups, header
 
 
+def optimizer_state(tensors: dict[str, Tensor], header: dict[str, Any]) -> dict[str, Any]:
+    """The optimiser's ``state_dict`` as saved (the ``optim`` group and the header)."""
+    return _unflatten_optimizer(tensors, header["optimizer"])
+
+
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
                       header: dict[str, Any]) -> None:
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, header["optimizer"]))
+    optimizer.load_state_dict(optimizer_state(tensors, header))

@@ -26,7 +26,8 @@ DEFAULT_EXPERIMENT = {
 HELP = {
     "benchmark": "the task stream (see `superpose list`)",
     "method": "continual-learning method, or a comma list to compare several",
-    "tasks": "number of tasks",
+    "tasks": "number of tasks (with --resume: continue a run, finished or not, up to this many "
+             "tasks; permuting and rotating benchmarks)",
     "steps_per_task": "optimiser steps per task",
     "batch_size": "training batch size",
     "model": "network architecture (see `superpose list`)",
@@ -142,14 +143,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     keep_freed_memory()  # the step reuses its buffers (see superpose.runtime)
     if args.resume:
         flags = flags_dict(args)
-        given = ([args.config] if args.config else []) + [
-            flag(k) for k in flags if k not in config_mod.RESUME_OVERRIDES]
+        may = (*config_mod.RESUME_OVERRIDES, "tasks")  # --tasks: continue with more tasks
+        given = ([args.config] if args.config else []) + [flag(k) for k in flags if k not in may]
         if given:
-            allowed = ", ".join(flag(k) for k in config_mod.RESUME_OVERRIDES)
+            allowed = ", ".join(flag(k) for k in may)
             raise UserError(f"--resume takes the configuration from the run folder's "
                             f"config.yaml; drop {', '.join(given)} (a resume may change only "
                             f"{allowed})")
-        overrides = {k: v for k, v in flags.items() if k in config_mod.RESUME_OVERRIDES}
+        overrides = {k: v for k, v in flags.items() if k in may}
         return resume(Path(args.resume), progress, overrides)
 
     layers = [] if args.config else [DEFAULT_EXPERIMENT]
@@ -202,16 +203,23 @@ def resume(folder: Path, progress: bool, overrides: dict[str, Any] | None = None
         raise UserError(f"--resume {folder}: not a folder")
     if not (folder / "config.yaml").is_file():
         raise UserError(f"--resume {folder}: not a run folder (no config.yaml)")
-    cfg = config_mod.resolve(config_mod.load_yaml(folder / "config.yaml"), overrides)
+    saved = config_mod.load_yaml(folder / "config.yaml")
+    cfg = config_mod.resolve(saved, overrides)
+    before = int(saved.get("tasks", cfg.tasks))
+    if cfg.tasks < before:
+        raise UserError(f"--tasks {cfg.tasks}: the run in {folder} has {before} tasks; a resume "
+                        "can only add tasks")
+    more = (f"; --resume {folder} --tasks N (N > {before}) continues it with more tasks")
     methods = config_mod.split_methods(cfg.method)
     if len(methods) > 1:
-        if (folder / "report.md").is_file() and all(
+        if cfg.tasks == before and (folder / "report.md").is_file() and all(
                 (folder / m / "summary.json").is_file() for m in methods):
             raise UserError(f"--resume {folder}: the comparison already finished "
-                            "(report.md exists)")
+                            f"(report.md exists){more}")
         return run_methods(cfg, folder, methods, progress, resume=True, overrides=overrides)
-    if (folder / "summary.json").is_file():
-        raise UserError(f"--resume {folder}: the run already finished (summary.json exists)")
+    if cfg.tasks == before and (folder / "summary.json").is_file():
+        raise UserError(f"--resume {folder}: the run already finished (summary.json "
+                        f"exists){more}")
     if not (folder / CHECKPOINT_NAME).is_file():
         raise UserError(f"--resume {folder}: no checkpoint in it (the run stopped before "
                         f"its first checkpoint; start it again with a new --out)")
@@ -228,7 +236,7 @@ def run_methods(cfg: config_mod.RunConfig, base: Path, methods: list[str], progr
     results = []
     for method in methods:
         folder = base / method if several else base
-        if resume and (folder / "summary.json").is_file():
+        if resume and (folder / "summary.json").is_file() and not adds_tasks(folder, cfg):
             print(f"== {method}: finished before, kept ({folder})", file=sys.stderr)
             summary = load_run(folder).summary
         else:
@@ -244,6 +252,11 @@ def run_methods(cfg: config_mod.RunConfig, base: Path, methods: list[str], progr
     print_results(results)
     print(f"run folder: {base}")
     return 0
+
+
+def adds_tasks(folder: Path, cfg: config_mod.RunConfig) -> bool:
+    """Whether ``cfg`` continues the run in ``folder`` with more tasks than it was run with."""
+    return cfg.tasks > int(config_mod.load_yaml(folder / "config.yaml").get("tasks", cfg.tasks))
 
 
 def run_one(cfg: config_mod.RunConfig, method: str, base: Path, folder: Path, progress: bool,
@@ -267,7 +280,7 @@ def run_one(cfg: config_mod.RunConfig, method: str, base: Path, folder: Path, pr
     def started() -> None:
         """Once the first method has started, the comparison's own config.yaml (naming every
         method) lets ``--resume base`` finish them all."""
-        if several and not (base / "config.yaml").is_file():
+        if several and (not (base / "config.yaml").is_file() or adds_tasks(base, cfg)):
             cfg.out = str(base)
             training.RunFolder(base).write_config(cfg)
 

@@ -8,6 +8,7 @@ task boundary and every ``checkpoint_every`` steps, so an interrupted run resume
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import torch.nn as nn
 import yaml
 from tqdm import tqdm
 
-from . import checkpoint, evaluation, models, streams
+from . import checkpoint, evaluation, extend, models, streams
 from .config import RESUME_OVERRIDES, RunConfig, build_options
 from .errors import CheckpointError, ConfigError
 from .methods import METHODS, Method, MethodContext
@@ -199,17 +200,20 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
     """Train ``cfg.method`` on ``cfg.benchmark``; write the run folder ``out``; return summary.
 
     Nothing is written before the data, the method and the model are built (so a bad input
-    leaves no files); ``on_start`` is called then, before the folder is written to.
+    leaves no files); ``on_start`` is called then, before the folder is written to (on a
+    resume: once the checkpoint has been restored).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, RunFolder(out), progress=progress, log=log)
-    if on_start is not None:
-        on_start()
     if resume:
-        trainer.restore()
+        trainer.restore()  # checks the checkpoint before anything else is written
+        if on_start is not None:
+            on_start()
     else:
+        if on_start is not None:
+            on_start()
         trainer.folder.write_config(cfg)
         (trainer.folder.path / "metrics.jsonl").write_text("")
     return trainer.train()
@@ -257,10 +261,15 @@ class Trainer:
         groups, header = checkpoint.load(ckpt)
         saved, current = header.get("config"), self.cfg.to_dict()
         changed: dict[str, list[Any]] = {}
+        grown: tuple[int, int] | None = None  # (old, new) task columns when extending
         if isinstance(saved, dict):
             changed = {k: [saved.get(k), current.get(k)] for k in RESUME_OVERRIDES
                        if k in saved and saved.get(k) != current.get(k)}
             saved = {**saved, **{k: current.get(k) for k in RESUME_OVERRIDES}}
+            if isinstance(saved.get("tasks"), int) and saved["tasks"] < self.cfg.tasks:
+                grown = self._extension(saved["tasks"])  # --resume DIR --tasks N
+                changed["tasks"] = [saved["tasks"], self.cfg.tasks]
+                saved["tasks"] = self.cfg.tasks
             # Settings added to RunConfig after the checkpoint was written: absent there, so
             # the run used what is now their default.
             defaults = RunConfig().to_dict()
@@ -275,10 +284,20 @@ class Trainer:
                                   f"the run folder's config.yaml ({diff or 'no config saved'})")
         method = self.method
         try:
-            method.load_extra_state(groups["extra"])  # may reshape the model (CLNP --grow)
-            method.model.load_state_dict(groups["model"])
+            extra, model_state = groups["extra"], groups["model"]
+            optim = checkpoint.optimizer_state(groups["optim"], header)
+            if grown:
+                extra = extend.grow_extra_state(extra, method.extra_state(), *grown)
+            method.load_extra_state(extra)  # may reshape the model (CLNP --grow)
+            if grown:
+                model_state = extend.grow_model_state(model_state, method.model.state_dict(),
+                                                      *grown)
+            method.model.load_state_dict(model_state)
             method.optimizer = method.make_optimizer()  # the param set may depend on the task
-            checkpoint.restore_optimizer(method.optimizer, groups["optim"], header)
+            if grown:
+                optim = extend.grow_optimizer_state(optim, method.optimizer, method.model,
+                                                    set(groups["model"]), *grown)
+            method.optimizer.load_state_dict(optim)
             set_rng_state(self.generator, groups["rng"])
             device = torch.device(self.cfg.device)
             if device.type == "cuda" and "cuda" in groups["rng"]:
@@ -286,8 +305,17 @@ class Trainer:
             self.state = LoopState(**header["loop"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"checkpoint {ckpt} does not fit this configuration: {reason}"
-                                  ) from None
+            what = (f"cannot be extended from {grown[0]} to {grown[1]} task columns with "
+                    f"method {self.cfg.method}" if grown else "does not fit this configuration")
+            raise CheckpointError(f"checkpoint {ckpt} {what}: {reason}") from None
+        if grown:  # the accuracy matrix gains the new tasks' columns
+            old, new = grown
+            self.state.matrix = [row + [None] * (new - old) for row in self.state.matrix]
+            self.folder.write_config(self.cfg)  # a plain --resume now goes on to cfg.tasks
+            for name in ("summary.json", PROGRESS_NAME):
+                (self.folder.path / name).unlink(missing_ok=True)
+            self.folder.write_matrix(self.state.matrix, new)
+            self._write_progress()
         self.folder.truncate_metrics(self.state.global_step)
         self.log(f"resuming {self.folder.path} at step {self.state.global_step} "
                  f"(task segment {self.state.segment + 1}/{len(self.segments)})")
@@ -296,6 +324,21 @@ class Trainer:
                                            for k, (old, new) in changed.items()))
             self.folder.append_metrics([{"kind": "resume", "step": self.state.global_step,
                                          "changed": changed}])
+
+    def _extension(self, old_tasks: int) -> tuple[int, int]:
+        """Check that a run saved with ``old_tasks`` tasks can go on to ``cfg.tasks``; return
+        (old, new) numbers of task columns (``Stream.num_tasks``)."""
+        if not self.stream.open_ended:
+            raise CheckpointError(
+                f"--tasks {self.cfg.tasks}: benchmark {self.cfg.benchmark!r} defines its tasks "
+                f"from their number (the run has {old_tasks}), so its run cannot be extended; "
+                "start a new run")
+        old_stream = build_stream(dataclasses.replace(self.cfg, tasks=old_tasks))
+        old_schedule = old_stream.schedule(self.cfg.steps_per_task)
+        if self.segments[:len(old_schedule)] != old_schedule:  # the stream's own promise
+            raise CheckpointError(f"--tasks {self.cfg.tasks}: the schedule of "
+                                  f"{self.cfg.benchmark!r} does not begin with the run's")
+        return old_stream.num_tasks, self.stream.num_tasks
 
     def save_checkpoint(self) -> None:
         meta = {"config": self.cfg.to_dict(), "loop": self.state.__dict__}

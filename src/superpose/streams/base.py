@@ -54,9 +54,12 @@ class Stream:
         num_tasks: number of distinct task ids (columns of the accuracy matrix).
         input_shape: (C, H, W) of one image.
         num_classes: outputs per head.
+        open_ended: task t (and the schedule so far) does not depend on the number of tasks,
+            so a run can be continued with more (``--resume DIR --tasks N``).
     """
 
     name: str = "stream"
+    open_ended: bool = False
     num_tasks: int
     input_shape: tuple[int, ...]
     num_classes: int

@@ -41,6 +41,8 @@ def image_splits(dataset: str, *, data_dir: str | None = None, download: bool = 
 class PermutingStream(Stream):
     """Every task sees the same images with its own fixed pixel permutation."""
 
+    open_ended = True  # task t's permutation comes from seed + t alone
+
     def __init__(self, dataset: str, name: str, tasks: int = 10, seed: int = 0,
                  validation: float = 0.0, data_dir: str | None = None, download: bool = False,
                  verify: bool = True, device: str | torch.device = "cpu", **_: object):

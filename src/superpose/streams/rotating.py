@@ -39,6 +39,8 @@ def rotate(x: Tensor, degrees: Tensor | float) -> Tensor:
 class RotatingStream(Stream):
     """Images rotated by ``360° · step / period`` at training step ``step``."""
 
+    open_ended = True  # more tasks: more segments of the same cycle
+
     def __init__(self, dataset: str, name: str, tasks: int = 50, seed: int = 0,
                  steps_per_task: int = 100, period: int = 1000, validation: float = 0.0,
                  data_dir: str | None = None, download: bool = False, verify: bool = True,
