@@ -25,6 +25,12 @@ def test_average_last_k():
     assert ev.average_last_k(A, 10) == pytest.approx((0.60 + 0.75 + 0.95) / 3)
     with pytest.raises(ValueError):
         ev.average_last_k(A, 0)
+    # A run in progress (or just extended): the last k of the tasks evaluated so far, not the
+    # last k columns, which are not reached yet.
+    partial = [A[0] + [NAN] * 3, A[1] + [NAN] * 3]
+    assert ev.average_last_k(partial, 2) == pytest.approx((0.70 + 0.80) / 2)
+    assert ev.average_last_k(partial, 1) == pytest.approx(0.80)
+    assert math.isnan(ev.average_last_k([[NAN, NAN]], 2))
 
 
 def test_learning_accuracies_are_the_diagonal():

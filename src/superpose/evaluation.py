@@ -39,10 +39,13 @@ def average_accuracy(matrix: Matrix) -> float:
 
 
 def average_last_k(matrix: Matrix, k: int = 10) -> float:
-    """Mean final accuracy of the last ``k`` tasks (PSP Fig. 3 table: the last 10 of 50)."""
+    """Mean final accuracy of the last ``k`` tasks evaluated so far (PSP Fig. 3 table: the
+    last 10 of 50); columns of tasks not reached yet (a run in progress) are skipped."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
-    return float(np.nanmean(as_array(matrix)[-1, -k:]))
+    last = as_array(matrix)[-1]
+    seen = last[~np.isnan(last)]
+    return float(np.mean(seen[-k:])) if seen.size else math.nan
 
 
 def learning_accuracies(matrix: Matrix) -> list[float]:
