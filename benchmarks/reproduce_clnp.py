@@ -12,7 +12,8 @@ resumed, so the script can be stopped and started again):
     clnp-s{seed}     CLNP, the protocol above, one per seed          (Table 1, Fig. 3)
     single-s{seed}   a fresh network per task, same optimiser, no L1 (Table 1, "single task")
     grid             --grid: the graceful-forgetting grid on task 1 (lr x L1 scale)
-    fit              --fit-tasks N: CLNP on N tasks, to see where the last hidden layer depletes
+    fit              --fit-tasks N: seed 0's run continued to N tasks, to see where the last
+                     hidden layer depletes (a fresh run if --fit-epochs differs)
 
 It checks zero forgetting exactly (every accuracy-matrix column constant below the diagonal, and
 every earlier task's logits on a fixed batch bit-identical after each later task, by SHA-256),
@@ -32,6 +33,7 @@ import csv
 import json
 import math
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -233,6 +235,12 @@ def main() -> None:
     if args.fit_tasks:
         fit_epochs = args.fit_epochs or args.epochs
         fit_steps = 150 if args.quick else steps_for(fit_epochs)
+        continued = fit_steps == steps and args.fit_tasks > proto["tasks"]
+        if continued and not (out / "fit").exists():
+            # Seed 0's run goes on to --fit-tasks (superpose run --resume DIR --tasks N) on a
+            # copy of its folder: its first tasks are not trained twice.
+            shutil.copytree(out / "clnp-s0", out / "fit", ignore=shutil.ignore_patterns(
+                "summary.json", "progress.json", "*.png"))
         fit = go("fit", {**proto, "tasks": args.fit_tasks, "steps_per_task": fit_steps,
                          "eval_every": fit_steps})
 
@@ -256,7 +264,8 @@ def main() -> None:
         trained_ok = [a for a in fit["final_accuracy"] if a is not None]
         measured = (f"{events[0]['task']} tasks fit" if events else
                     f"not depleted after {args.fit_tasks} tasks")
-        fit_text += (f"; measured: {measured}, average accuracy over the "
+        fit_text += (f"; measured{' (seed 0 continued)' if continued else ''}: {measured}, "
+                     f"average accuracy over the "
                      f"{len(trained_ok)} tasks {100 * np.mean(trained_ok):.2f} % "
                      f"({fit_steps} steps per task)")
     plot = plots_clnp.capacity_figure([out / f"clnp-s{s}" for s in range(seeds)],
