@@ -303,7 +303,11 @@ def other_checkpoint(run: Path) -> None:
 
 
 def with_flags(run: Path) -> list[str]:
-    return ["--tasks", "5"]
+    return ["--seed", "5"]
+
+
+def fewer_tasks(run: Path) -> list[str]:
+    return ["--tasks", "1"]
 
 
 RESUME_CASES: list[tuple[str, Callable[[Path], object], str]] = [
@@ -314,8 +318,9 @@ RESUME_CASES: list[tuple[str, Callable[[Path], object], str]] = [
     ("edited-config", other_config, "seed: 0 in the checkpoint, 5 in config.yaml"),
     ("foreign-checkpoint", other_checkpoint, "written by another configuration"),
     ("flags", with_flags, "--resume takes the configuration from the run folder's config.yaml; "
-                          "drop --tasks (a resume may change only --threads, --data-dir, "
-                          "--checkpoint-every)"),
+                          "drop --seed (a resume may change only --threads, --data-dir, "
+                          "--checkpoint-every, --tasks)"),
+    ("fewer-tasks", fewer_tasks, "a resume can only add tasks"),
     ("finished", lambda run: (run / "summary.json").write_text("{}"), "already finished"),
 ]
 
