@@ -14,6 +14,11 @@ Sections (``--sections``, default all):
             it) against the plain MLP trained by a hand-written PyTorch loop, at 2×256 and
             2×2048 with batch 128, and a superposed ResNet-18 against the plain one at a small
             batch; with each step's matmul-FLOP floor and its fraction of the matmul rate;
+``clnp``    one CLNP training step (2×2000, batch 256, Adam; section 3.1's network) while
+            earlier tasks own a given fraction of each hidden layer: the dense pass (whole
+            layers, frozen gradients zeroed) against the row-sparse one (``--train-path
+            sparse``: only the free units' rows are gathered, computed and differentiated) and
+            ``auto`` (the default);
 ``eval``    evaluating K tasks of permuted MNIST (10,000 test images each): one pass with a
             per-sample task tensor (``evaluation.evaluate_tasks``) against a loop over tasks
             (``evaluation.evaluate``), at several evaluation batch sizes;
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import platform
@@ -57,6 +63,7 @@ from superpose import evaluation, models, superpose, training
 from superpose.config import resolve
 from superpose.errors import UserError
 from superpose.methods import METHODS, Method, MethodContext
+from superpose.methods.clnp import Clnp
 from superpose.runtime import keep_freed_memory
 from superpose.streams.base import Split, Stream
 
@@ -417,6 +424,65 @@ def section_steps(args: argparse.Namespace, rate: float) -> None:
         print(f"- {c}")
 
 
+def clnp_step(data: list[tuple[Tensor, Tensor]], width: int, used: Sequence[float], path: str
+              ) -> Step:
+    """CLNP's ``train_step`` on task 1 when finished tasks own the fraction ``used[l]`` of hidden
+    layer l (random units; interference weights cut as after pruning)."""
+    torch.manual_seed(0)
+    ctx = MethodContext(stream=ShapeStream(10, (1, 28, 28), 10), lr=0.002, optimizer="adam",
+                        batch_size=data[0][0].shape[0],
+                        build_model=lambda: models.create("mlp", in_features=784,
+                                                          hidden=[width, width], classes=10))
+    m = Clnp(ctx, Clnp.Options(l1=[1e-7, 1e-5, 1e-6], train_path=path))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for l, f in enumerate(used):
+            m.used[l][torch.randperm(width, generator=g)[:round(f * width)]] = True
+            if l > 0:
+                w = m.net.weight_layer(l).weight  # (U_l, U_{l-1})
+                w[m.used[l].nonzero(), (~m.used[l - 1]).nonzero().T] = 0.0
+    m.trained[0] = True
+    m.task_units[0] = m.used[-1]
+    m.begin_task(1)
+    i = [0]
+
+    def step() -> None:
+        x, y = data[i[0] % len(data)]
+        m.train_step(x, y, 1, i[0])
+        i[0] += 1
+
+    return step
+
+
+CLNP_STATES = ((0.0, 0.0), (0.3, 0.1), (0.5, 0.3), (0.63, 0.43), (0.8, 0.52), (1.0, 0.63),
+               (1.0, 0.9))
+
+
+def section_clnp(args: argparse.Namespace) -> None:
+    print("\n## CLNP training step: dense vs row-sparse pass\n")
+    print("CPU time per `Clnp.train_step` (forward, backward, L1 gradient, masking, Adam, "
+          "restore) on a 2×2000 MLP, batch 256, while finished tasks own the given share of "
+          "each hidden layer (the states of section 3.1's runs: task 1 trains in an empty "
+          "network, after 10 tasks our runs use 63 / 43 % (CLNP + FT) or 100 / 63 %). "
+          "`× dense`: median of per-round ratios [interquartile range].\n")
+    width = 500 if args.quick else 2000
+    data = batches((1, 28, 28), 256, 10)
+    logging.getLogger("superpose.methods.clnp").setLevel(logging.ERROR)  # "dense 1 is depleted"
+    states = CLNP_STATES[::2] if args.quick else CLNP_STATES
+    rows = []
+    for used in states:
+        variants = {path: clnp_step(data, width, used, path) for path in ("dense", "sparse",
+                                                                           "auto")}
+        res = compare(variants, "dense", budget=args.step_budget / 2, min_rounds=3)
+        rows.append([" / ".join(f"{100 * f:.0f} %" for f in used), fmt_ms(res["dense"].median),
+                     fmt_ms(res["sparse"].median), fmt_ratio(res["sparse"]),
+                     fmt_ratio(res["auto"])])
+        print(f"- used {used} timed ({load()})", flush=True)
+    print()
+    print(table([f"used, dense 1 / dense 2 (2×{width})", "dense ms", "sparse ms",
+                 "sparse × dense", "auto × dense"], rows))
+
+
 def resnet_row(args: argparse.Namespace, rate: float, rows: list[list[str]]) -> None:
     if "resnet18" not in models.names():
         rows.append(["ResNet-18", "skipped: model `resnet18` is not registered", *[""] * 6])
@@ -666,9 +732,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller and shorter everything")
-    p.add_argument("--sections", default="matmul,steps,resnet,eval,run",
+    p.add_argument("--sections", default="matmul,steps,resnet,clnp,eval,run",
                    help="comma-separated: matmul, steps, resnet (a row of the steps table), "
-                        "eval, run")
+                        "clnp, eval, run")
     p.add_argument("--malloc", choices=("default", "heap"), default="heap",
                    help="heap (what `superpose run` does, superpose.runtime): keep freed "
                         "memory in the process (glibc mallopt: no mmap, no trim), so large "
@@ -705,6 +771,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rate = section_matmul(args) if "matmul" in sections or timed_steps else math.nan
     if timed_steps:
         section_steps(args, rate)
+    if "clnp" in sections:
+        section_clnp(args)
     if "eval" in sections:
         section_eval(args)
     if "run" in sections:

@@ -100,11 +100,12 @@ OPTIMISERS = {
 }
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
 @pytest.mark.parametrize("head", ["single", "multi"])
 @pytest.mark.parametrize("opt", sorted(OPTIMISERS))
-def test_earlier_tasks_are_bit_identical_under_any_optimiser(head, opt):
+def test_earlier_tasks_are_bit_identical_under_any_optimiser(head, opt, path):
     torch.manual_seed(0)
-    m = make(head)
+    m = make(head, train_path=path)
     probe = torch.randn(40, 1, 4, 4)
     train(m, 0)
     assert (~m.used[-1]).any(), "pruning must leave free units for the next task"
@@ -132,9 +133,10 @@ def test_the_restore_is_what_stops_weight_decay():
     assert not torch.equal(logits(m, probe, 0), before)
 
 
-def test_frozen_entries_get_no_gradient_and_no_adam_moment():
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_frozen_entries_get_no_gradient_and_no_adam_moment(path):
     torch.manual_seed(0)
-    m = make(l1=[1e-2])
+    m = make(l1=[1e-2], train_path=path)
     train(m, 0)
     m.begin_task(1)
     x, y = m.ctx.stream.train_batch(1, 0, 32, torch.Generator().manual_seed(0))
@@ -152,6 +154,63 @@ def test_frozen_entries_get_no_gradient_and_no_adam_moment():
     m.after_step(1, 0)
     state = m.optimizer.state[m.net.weight_layer(1).weight]
     assert bool((state["exp_avg"][m.used[1]] == 0).all())
+
+
+@pytest.mark.parametrize("phase", ["train", "finetune"])
+@pytest.mark.parametrize("head", ["single", "multi"])
+def test_sparse_training_pass_matches_the_dense_one(head, phase):
+    """The row-sparse pass computes the same loss and, once frozen entries are masked, the same
+    gradients as the dense pass; its frozen rows get an exact zero gradient before any mask.
+    "train": task 1 in task 0's free units; "finetune": task 0's kept units after pruning."""
+    torch.manual_seed(0)
+    m = make(head, l1=[3e-3])
+    train(m, 0)
+    assert all(bool(u.any()) and not bool(u.all()) for u in m.used)
+    if phase == "train":
+        task = 1
+        m.begin_task(1)
+        trains = [~u for u in m.used]
+    else:
+        task = m.current = 0
+        trains = m.new
+    x, y = m.ctx.stream.train_batch(task, 0, 32, torch.Generator().manual_seed(0))
+    params = list(m.model.parameters())
+    out = {}
+    for path in ("sparse", "dense"):
+        m.options.train_path = path
+        m._set_phase(phase, task)
+        assert (m._rows is not None) == (path == "sparse")
+        m.model.zero_grad(set_to_none=True)
+        loss = m.loss(x, y, task, 0)
+        loss.backward()
+        if path == "sparse":
+            for l in range(2):
+                g = m.net.weight_layer(l).weight.grad
+                assert bool((g[~trains[l]] == 0).all()), "frozen rows were not skipped"
+                assert bool((g[trains[l]] != 0).any())
+        m.before_optimizer_step(task, 0)
+        out[path] = (loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                                     for p in params])
+    torch.testing.assert_close(out["sparse"][0], out["dense"][0], rtol=1e-6, atol=1e-6)
+    for gs, gd in zip(out["sparse"][1], out["dense"][1], strict=True):
+        torch.testing.assert_close(gs, gd, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_train_path_picks_layers_by_their_free_fraction():
+    torch.manual_seed(0)
+    m = make()  # hidden layers of 24 units
+    m.used[0][:20] = True  # 4 / 24 free: sparse
+    m.used[1][:4] = True  # 20 / 24 free: dense
+    rows = m._train_rows("train")
+    assert rows is not None and rows[1] is None
+    assert rows[0].train.tolist() == list(range(20, 24))
+    assert rows[0].const.tolist() == list(range(20))
+    m.used[0][:] = False
+    assert m._train_rows("train") is None  # nothing to gain: the dense pass
+    m.options.train_path = "sparse"
+    rows = m._train_rows("train")
+    assert rows[1].const is None  # single head: the task reads only its own final units
+    assert make(build=convnet, train_path="sparse")._train_rows("train") is None  # conv net
 
 
 @pytest.mark.parametrize("head", ["single", "multi"])
@@ -238,9 +297,10 @@ def test_depleted_layer_is_reported_or_grown(caplog):
     assert all(e["action"] == "grown by 8 units" for e in g.summary()["capacity"]["depleted"])
 
 
-def test_finetuning_keeps_the_partition():
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_finetuning_keeps_the_partition(path):
     torch.manual_seed(0)
-    m = make(finetune_epochs=1.0, finetune_lr=1e-3)
+    m = make(finetune_epochs=1.0, finetune_lr=1e-3, train_path=path)
     probe = torch.randn(20, 1, 4, 4)
     train(m, 0)
     assert m.records[0]["finetune_steps"] == 8  # 256 images / batch 32
@@ -317,6 +377,8 @@ def test_options_are_checked():
         make(margin=-0.1)
     with pytest.raises(ConfigError, match="theta-order"):
         make(theta_order="middle")
+    with pytest.raises(ConfigError, match="train-path"):
+        make(train_path="fast")
     with pytest.raises(ConfigError, match="ReLU"):
         make(build=lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(),
                                          nn.Linear(8, 4)))

@@ -52,6 +52,11 @@ PHASES = ("frozen", "train", "finetune")
 LOW_FREE_FRACTION = 0.01
 #: cache the validation activations of one layer during a threshold scan up to this size
 SCAN_CACHE_BYTES = 1 << 30
+#: ``train_path="auto"`` computes a hidden layer row-sparse while a task trains once at most this
+#: fraction of its units is free (the gather costs more than it saves when nearly all are free;
+#: see benchmarks/clnp_train_path.py)
+SPARSE_MAX_FREE = 0.7
+TRAIN_PATHS = ("auto", "dense", "sparse")
 
 
 def flatten_modules(module: nn.Module) -> list[nn.Module]:
@@ -59,6 +64,35 @@ def flatten_modules(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
         return [m for child in module for m in flatten_modules(child)]
     return [module]
+
+
+@dataclass(frozen=True)
+class TrainRows:
+    """How a plain Linear hidden layer is computed while a task trains (row-sparse path).
+
+    Only the units in ``train`` (F,) can change: their pre-activations are computed from the
+    gathered rows W[train] with autograd, so the backward pass costs F/U of the dense one and
+    frozen rows get an exact zero gradient. The frozen units in ``const`` (C,) are computed
+    without autograd (their outputs are read, but nothing below them trains: their inputs from
+    free units are cut interference weights). Every other unit outputs 0 (the single head's
+    final layer: the task reads only its own units).
+    """
+
+    train: Tensor  # (F,) int64
+    const: Tensor | None  # (C,) int64, or None: no frozen unit is read
+
+    def linear(self, m: nn.Linear, h: Tensor) -> Tensor:
+        """Pre-activations (B, U) of ``m`` on h (B, in)."""
+        w, b = m.weight, m.bias  # (U, in), (U,)
+        z = nn.functional.linear(h, w.index_select(0, self.train),
+                                 None if b is None else b.index_select(0, self.train))  # (B, F)
+        base = h.new_zeros(h.shape[0], w.shape[0])  # (B, U)
+        if self.const is not None and self.const.numel():
+            with torch.no_grad():
+                zc = nn.functional.linear(h, w.index_select(0, self.const),
+                                          None if b is None else b.index_select(0, self.const))
+                base.index_copy_(1, self.const, zc)
+        return base.index_copy(1, self.train, z)
 
 
 def mask_like(mask: Tensor, h: Tensor) -> Tensor:
@@ -106,6 +140,9 @@ class ClnpNet(nn.Module):
             self.relu_at.append(relus[0])
             self.norm_at.append(norms)
         self.weight_at = weights[:-1]
+        #: only Linear, ReLU and Flatten layers: training can take the row-sparse path
+        self.plain = all(isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten, nn.Identity))
+                         for m in mods)
         self.body = nn.Sequential(*mods[:out])
         template = nn.Sequential(*mods[out:])
         heads = [template]
@@ -152,11 +189,13 @@ class ClnpNet(nn.Module):
         return out
 
     # ---- forward ------------------------------------------------------------------------
-    def _stage(self, h: Tensor, l: int) -> Tensor:
-        """Run hidden layer l's stage (modules after the previous ReLU up to its own ReLU)."""
+    def _stage(self, h: Tensor, l: int, rows: TrainRows | None = None) -> Tensor:
+        """Run hidden layer l's stage (modules after the previous ReLU up to its own ReLU); with
+        ``rows`` its Linear layer takes the row-sparse path (plain networks only)."""
         start = 0 if l == 0 else self.relu_at[l - 1] + 1
-        for m in self.body[start:self.relu_at[l] + 1]:
-            h = m(h)
+        for i in range(start, self.relu_at[l] + 1):
+            m = self.body[i]
+            h = rows.linear(m, h) if rows is not None and i == self.weight_at[l] else m(h)
         return h
 
     def _tail(self, h: Tensor, head: int) -> Tensor:
@@ -165,19 +204,21 @@ class ClnpNet(nn.Module):
         return self.heads[head](h)
 
     def forward(self, x: Tensor, head: int = 0, masks: Sequence[Tensor | None] | None = None,
-                record: list[Tensor] | None = None) -> Tensor:
+                record: list[Tensor] | None = None,
+                rows: Sequence[TrainRows | None] | None = None) -> Tensor:
         """Logits (B, classes). masks[l]: (U_l,) multiplies hidden layer l's output; ``record``
-        receives each hidden layer's output before its mask (B, U_l, ...)."""
-        return self.resume(x, 0, head, masks, record)
+        receives each hidden layer's output before its mask (B, U_l, ...); rows[l] computes
+        hidden layer l row-sparse (:class:`TrainRows`)."""
+        return self.resume(x, 0, head, masks, record, rows=rows)
 
     def resume(self, h: Tensor, start: int, head: int = 0,
                masks: Sequence[Tensor | None] | None = None, record: list[Tensor] | None = None,
-               cached: bool = False) -> Tensor:
+               cached: bool = False, rows: Sequence[TrainRows | None] | None = None) -> Tensor:
         """Continue the forward pass at hidden layer ``start``: h is its input, or its output
         before the mask when ``cached`` (a threshold scan reuses the layers below)."""
         for l in range(start, self.num_hidden):
             if not (cached and l == start):
-                h = self._stage(h, l)
+                h = self._stage(h, l, None if rows is None else rows[l])
             if record is not None:
                 record.append(h)
             if masks is not None and masks[l] is not None:
@@ -379,6 +420,12 @@ class Clnp(Method):
         grid_tasks: int = field(default=1, metadata={
             "help": "number of leading tasks on which the grid is searched (its choice is kept "
                     "for later tasks)"})
+        train_path: str = field(default="auto", metadata={
+            "help": "how a task's training pass runs on a plain Linear/ReLU network: sparse "
+                    "(gather the weight rows of the units that train, so forward and backward "
+                    "cost scale with them), dense (whole layers, frozen gradients zeroed), or "
+                    "auto (sparse for a layer once at most 70 % of its units train). Same "
+                    "update up to float rounding; frozen weights exact either way"})
 
     # ---- construction -------------------------------------------------------------------
     def __init__(self, ctx: MethodContext, options: Any = None):
@@ -410,6 +457,7 @@ class Clnp(Method):
         self._frozen: list[_Frozen] = []  # tensors with entries the optimiser must not move
         self._snapshot_taken = False
         self._sign_buffers: dict[int, Tensor] = {}
+        self._rows: list[TrainRows | None] | None = None  # row-sparse training pass, per layer
         self._warned_split = False
         self._set_phase("frozen", 0)
 
@@ -484,8 +532,33 @@ class Clnp(Method):
         self._l1_terms = [(e.tensor, alphas[id(e.tensor)]) for e in entries
                           if id(e.tensor) in alphas and not e.all_frozen]
         self.phase = phase
+        self._rows = self._train_rows(phase)
         self._sign_buffers = {}
         self._take_snapshot()  # the frozen values now; retaken after a checkpoint is loaded
+
+    def _train_rows(self, phase: str) -> list[TrainRows | None] | None:
+        """The row-sparse plan (``train_path``) of a training phase, None for a dense pass.
+
+        "train": the free units train, every used unit is read (all but the single head's final
+        layer); "finetune": the task's new units train and the used units are read, other units
+        are skipped (their weights into used units are cut interference weights)."""
+        net, path = self.net, self.options.train_path
+        if path == "dense" or not net.plain or phase not in ("train", "finetune"):
+            return None
+        rows: list[TrainRows | None] = []
+        for l, used in enumerate(self.used):
+            if phase == "train":
+                trains = ~used  # (U_l,)
+            else:
+                assert self.new is not None
+                trains = self.new[l]
+            if path == "auto" and float(trains.float().mean()) > SPARSE_MAX_FREE:
+                rows.append(None)
+                continue
+            last = l == net.num_hidden - 1
+            const = None if last and not self.multi else (used & ~trains).nonzero().flatten()
+            rows.append(TrainRows(trains.nonzero().flatten(), const))
+        return rows if any(r is not None for r in rows) else None
 
     def _take_snapshot(self) -> None:
         for e in self._frozen:
@@ -530,7 +603,8 @@ class Clnp(Method):
     def forward(self, x: Tensor, task: int, step: int | None) -> Tensor:
         masks: list[Tensor | None] = [None] * self.net.num_hidden
         masks[-1] = self._head_mask(task)
-        return self.net(x, head=task if self.multi else 0, masks=masks)
+        rows = self._rows if task == self.current and torch.is_grad_enabled() else None
+        return self.net(x, head=task if self.multi else 0, masks=masks, rows=rows)
 
     def _head_mask(self, task: int) -> Tensor | None:
         """Single head: the final-hidden units task ``task`` reads (Fig. 2, right): its own once
@@ -1004,6 +1078,9 @@ def _check_options(o: Any) -> None:
         raise ConfigError(f"l1 needs non-negative coefficients, got {o.l1}")
     if o.margin < 0:
         raise ConfigError(f"margin must be >= 0 (a fraction, 0.0005 = 0.05 %), got {o.margin}")
+    if o.train_path not in TRAIN_PATHS:
+        raise ConfigError(f"train-path must be one of {', '.join(TRAIN_PATHS)}, got "
+                          f"{o.train_path!r}")
     if o.theta_order not in ("last", "first"):
         raise ConfigError(f"theta-order must be last or first, got {o.theta_order!r}")
     if o.theta_steps < 1 or o.theta_patience < 1:
