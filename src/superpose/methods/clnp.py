@@ -455,6 +455,7 @@ class Clnp(Method):
         self.events: list[dict[str, Any]] = []  # depleted / grown layers
         self.grid_log: list[dict[str, Any]] = []
         self._frozen: list[_Frozen] = []  # tensors with entries the optimiser must not move
+        self._masked: list[_Frozen] = []  # ... whose gradients need masking
         self._snapshot_taken = False
         self._sign_buffers: dict[int, Tensor] = {}
         self._rows: list[TrainRows | None] | None = None  # row-sparse training pass, per layer
@@ -526,13 +527,22 @@ class Clnp(Method):
             if m.bias is not None:
                 entries.append(_Frozen.make(m.bias, torch.full_like(classes, bias)))
         self._frozen = [e for e in entries if not e.all_free]
-        # the L1 term (section 2.2): (weight, alpha_k) of every weight layer with free entries
-        alphas = {id(net.weight_layer(l).weight): self.l1[l] for l in range(n_hidden)}
-        alphas.update({id(head[0].weight): self.l1[-1] for head in net.heads})
-        self._l1_terms = [(e.tensor, alphas[id(e.tensor)]) for e in entries
-                          if id(e.tensor) in alphas and not e.all_frozen]
         self.phase = phase
         self._rows = self._train_rows(phase)
+        # rows (F,) that train in the layers the sparse pass computes: their other rows get an
+        # exact zero gradient from the pass itself, so they need no mask and no L1 term
+        sparse: dict[int, Tensor] = {}
+        for l, r in enumerate(self._rows or []):
+            if r is not None:
+                m = net.weight_layer(l)
+                sparse.update({id(t): r.train for t in (m.weight, m.bias) if t is not None})
+        self._masked = [e for e in self._frozen if e.rows is None or id(e.tensor) not in sparse]
+        # the L1 term (section 2.2): (weight, alpha_k, rows or None) of every weight layer with
+        # free entries
+        alphas = {id(net.weight_layer(l).weight): self.l1[l] for l in range(n_hidden)}
+        alphas.update({id(head[0].weight): self.l1[-1] for head in net.heads})
+        self._l1_terms = [(e.tensor, alphas[id(e.tensor)], sparse.get(id(e.tensor)))
+                          for e in entries if id(e.tensor) in alphas and not e.all_frozen]
         self._sign_buffers = {}
         self._take_snapshot()  # the frozen values now; retaken after a checkpoint is loaded
 
@@ -581,16 +591,19 @@ class Clnp(Method):
     @torch.no_grad()
     def before_optimizer_step(self, task: int, step: int) -> None:
         """Add the L1 gradient alpha_k * sign(W_k), then zero the gradient of every frozen
-        entry (so neither the L1 term nor Adam's moments ever see one)."""
-        for w, alpha in self._l1_terms:
+        entry (so neither the L1 term nor Adam's moments ever see one). In a layer the sparse
+        pass computes, only the rows that train get the L1 term (the others hold exact zeros)."""
+        for w, alpha, rows in self._l1_terms:
             a = alpha * self.l1_scale
-            if a and w.grad is not None:
+            if a and w.grad is not None and rows is not None:
+                w.grad.index_add_(0, rows, torch.sign(w.index_select(0, rows)), alpha=a)
+            elif a and w.grad is not None:
                 buf = self._sign_buffers.get(id(w))
                 if buf is None or buf.shape != w.shape:
                     buf = self._sign_buffers[id(w)] = torch.empty_like(w)
                 torch.sign(w, out=buf)
                 w.grad.add_(buf, alpha=a)
-        for e in self._frozen:
+        for e in self._masked:
             e.mask_grad()
 
     @torch.no_grad()
