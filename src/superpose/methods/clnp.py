@@ -53,8 +53,8 @@ LOW_FREE_FRACTION = 0.01
 #: cache the validation activations of one layer during a threshold scan up to this size
 SCAN_CACHE_BYTES = 1 << 30
 #: ``train_path="auto"`` computes a hidden layer row-sparse while a task trains once at most this
-#: fraction of its units is free (the gather costs more than it saves when nearly all are free;
-#: see benchmarks/clnp_train_path.py)
+#: fraction of its units trains (the gather costs more than it saves when nearly all do;
+#: ``benchmarks/speed.py --sections clnp``)
 SPARSE_MAX_FREE = 0.7
 TRAIN_PATHS = ("auto", "dense", "sparse")
 
@@ -74,8 +74,9 @@ class TrainRows:
     gathered rows W[train] with autograd, so the backward pass costs F/U of the dense one and
     frozen rows get an exact zero gradient. The frozen units in ``const`` (C,) are computed
     without autograd (their outputs are read, but nothing below them trains: their inputs from
-    free units are cut interference weights). Every other unit outputs 0 (the single head's
-    final layer: the task reads only its own units).
+    free units are cut interference weights). Every other unit outputs 0: the single head's
+    frozen final-layer units (the task reads only its own) and, while fine-tuning, the units no
+    task kept (their weights into kept units are cut).
     """
 
     train: Tensor  # (F,) int64
