@@ -384,6 +384,14 @@ def test_options_are_checked():
                                          nn.Linear(8, 4)))
 
 
+def test_depletion_note_names_each_layer_once_at_its_first_depletion():
+    cap = {"depleted": [{"task": 26, "layer": "dense 2"}, {"task": 19, "layer": "dense 1"},
+                        {"task": 20, "layer": "dense 1"}, {"task": 27, "layer": "dense 2"}]}
+    assert plots_clnp.depletion_note([cap]) == ("depleted: dense 1 before task 20, dense 2 "
+                                                "before task 27")
+    assert plots_clnp.depletion_note([{"depleted": []}]) == ""
+
+
 def test_end_to_end_on_permuted_digits(tmp_path, caplog):
     cfg = resolve({"benchmark": "permuted-digits", "method": "clnp", "tasks": 3,
                    "steps_per_task": 100, "width": 48, "eval_every": 100, "validation": 0.1,

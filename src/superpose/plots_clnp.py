@@ -8,6 +8,7 @@ earlier units it reused. Several runs of the same protocol are averaged, as in t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ def mean_capacity(capacities: Sequence[dict[str, Any]], key: str) -> np.ndarray:
     return np.mean([a[:, :tasks] for a in arrays], axis=0)
 
 
+def depletion_note(capacities: Sequence[dict[str, Any]]) -> str:
+    """"depleted: <layer> before task <t>, ..." for the first task (1-based) that found each
+    layer without free units, in that order ("" when none did)."""
+    first: dict[str, int] = {}
+    for task, layer in sorted({(e["task"], e["layer"]) for c in capacities
+                               for e in c.get("depleted", [])}):
+        first.setdefault(layer, task)
+    if not first:
+        return ""
+    return "depleted: " + ", ".join(f"{layer} before task {task + 1}"
+                                    for layer, task in first.items())
+
+
 def capacity_figure(runs: Sequence[str | Path] | str | Path, path: str | Path,
                     title: str | None = None) -> Path:
     """Left: used capacity of each hidden layer after each task (Fig. 3). Right: units each
@@ -68,15 +82,14 @@ def capacity_figure(runs: Sequence[str | Path] | str | Path, path: str | Path,
     ax.legend(title="after task", fontsize=7, ncol=2 if n_tasks > 10 else 1,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    depleted = sorted({(e["task"], e["layer"]) for c in caps for e in c.get("depleted", [])})
+    depleted = depletion_note(caps)
     if depleted:
-        first = depleted[0]
-        ax.set_title(f"depleted: {first[1]} before task {first[0] + 1}", fontsize=9)
+        ax.set_title(depleted, fontsize=9)
     tasks = np.arange(1, n_tasks + 1)
     for l in range(n_layers):
         line = ax2.plot(tasks, new[l], marker="o", ms=3, label=f"{layers[l]} new")[0]
         ax2.plot(tasks, reused[l], ls="--", color=line.get_color(), label=f"{layers[l]} reused")
-    ax2.set_xticks(tasks)
+    ax2.set_xticks(tasks[::max(1, math.ceil(n_tasks / 15))])  # at most 15 labels
     ax2.set_xlabel("task")
     ax2.set_ylabel("units")
     ax2.set_yscale("symlog", linthresh=10)
