@@ -460,12 +460,12 @@ CLNP_STATES = ((0.0, 0.0), (0.3, 0.1), (0.5, 0.3), (0.63, 0.43), (0.8, 0.52), (1
 
 def section_clnp(args: argparse.Namespace) -> None:
     print("\n## CLNP training step: dense vs row-sparse pass\n")
+    width = 500 if args.quick else 2000
     print("CPU time per `Clnp.train_step` (forward, backward, L1 gradient, masking, Adam, "
-          "restore) on a 2×2000 MLP, batch 256, while finished tasks own the given share of "
+          f"restore) on a 2×{width} MLP, batch 256, while finished tasks own the given share of "
           "each hidden layer (the states of section 3.1's runs: task 1 trains in an empty "
           "network, after 10 tasks our runs use 63 / 43 % (CLNP + FT) or 100 / 63 %). "
           "`× dense`: median of per-round ratios [interquartile range].\n")
-    width = 500 if args.quick else 2000
     data = batches((1, 28, 28), 256, 10)
     logging.getLogger("superpose.methods.clnp").setLevel(logging.ERROR)  # "dense 1 is depleted"
     states = CLNP_STATES[::2] if args.quick else CLNP_STATES

@@ -84,16 +84,15 @@ class TrainRows:
 
     def linear(self, m: nn.Linear, h: Tensor) -> Tensor:
         """Pre-activations (B, U) of ``m`` on h (B, in)."""
-        w, b = m.weight, m.bias  # (U, in), (U,)
-        z = nn.functional.linear(h, w.index_select(0, self.train),
-                                 None if b is None else b.index_select(0, self.train))  # (B, F)
-        base = h.new_zeros(h.shape[0], w.shape[0])  # (B, U)
+        def rows(idx: Tensor) -> Tensor:  # (B, len(idx)): the units idx only
+            b = None if m.bias is None else m.bias.index_select(0, idx)
+            return nn.functional.linear(h, m.weight.index_select(0, idx), b)
+
+        base = h.new_zeros(h.shape[0], m.weight.shape[0])  # (B, U)
         if self.const is not None and self.const.numel():
             with torch.no_grad():
-                zc = nn.functional.linear(h, w.index_select(0, self.const),
-                                          None if b is None else b.index_select(0, self.const))
-                base.index_copy_(1, self.const, zc)
-        return base.index_copy(1, self.train, z)
+                base.index_copy_(1, self.const, rows(self.const))
+        return base.index_copy(1, self.train, rows(self.train))
 
 
 def mask_like(mask: Tensor, h: Tensor) -> Tensor:
