@@ -293,3 +293,34 @@ def test_reproduce_clnp_settings_and_its_protocol_line():
     ft = resolve({**rc.PROTOCOL, "finetune_epochs": "5", "finetune_lr": "2e-4"})
     assert rc.finetune_text(ft) == ", then 5 epochs of fine-tuning at lr 0.0002"
     assert rc.method_options(ft)["l1"] == [1e-7, 1e-5, 1e-6]
+
+
+def test_crosstalk_closed_forms_match_the_context_draws():
+    """benchmarks/psp_crosstalk.py: E s² over random contexts, s = (C_k b)ᵀ (C_0 a), is
+    Σ a_i² b_i² for sign contexts and ‖a‖² ‖b‖² / M for Haar rotations (checked by Monte
+    Carlo over the library's own draws); they differ for inputs whose energy shares coordinates."""
+    ct = _load_script("psp_crosstalk")
+    a = torch.tensor([[3.0, 0.0, 1.0, 0.5, 0.0, 0.2], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])  # (2, 6)
+    b = torch.tensor([[2.0, 0.0, 1.0, 0.0, 0.3, 0.0], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
+    closed = ct.expected_crosstalk(a, b)
+    assert torch.allclose(closed["none"], (a * b).sum(1) ** 2)
+    for ctx in ("binary", "rotation"):
+        sampled = ct.sampled_crosstalk(a, b, ctx, draws=3000, seed=0)
+        assert torch.allclose(sampled.float(), closed[ctx], rtol=0.1), ctx
+    # concentrated on shared coordinates (row 0), a rotation spreads the crosstalk: R > 2
+    assert closed["binary"][0] > 2 * closed["rotation"][0]
+
+
+def test_crosstalk_layer_inputs_are_what_each_layer_reads():
+    """The hooks return each superposed layer's input before its context: the pixels, then
+    the ReLU outputs of the layer before."""
+    import superpose as sp
+
+    ct = _load_script("psp_crosstalk")
+    net = sp.models.create("mlp", in_features=6, hidden=[5, 4], classes=3)
+    model = sp.superpose(net, context="binary", num_tasks=2, seed=0)
+    x = torch.rand(7, 6)
+    ins = ct.layer_inputs(model, x, 1)
+    assert [t.shape for t in ins] == [(7, 6), (7, 5), (7, 4)]
+    assert torch.equal(ins[0], x)
+    assert (ins[1] >= 0).all() and (ins[2] >= 0).all()
