@@ -1,4 +1,4 @@
-"""Why fixed rotations do not beat binary contexts in Fig. 3: the crosstalk of one update.
+"""Fig. 3's context types: the crosstalk of one update under fixed binary and Haar contexts.
 
 A gradient step of task ``k`` on a superposed layer changes its weights by
 ``ΔW = -η δ (C_k b)ᵀ`` (``b`` the layer's input on task ``k``'s example, before the context).
@@ -64,7 +64,7 @@ def expected_crosstalk(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tens
 
 def sampled_crosstalk(a: torch.Tensor, b: torch.Tensor, context: str, draws: int,
                       seed: int) -> torch.Tensor:
-    """Mean over ``draws`` context pairs (tasks 0 and j of fresh seeds) of s² per row pair."""
+    """Mean over ``draws`` context pairs (tasks 0 and 1 of fresh seeds) of s² per row pair."""
     m = a.shape[1]
     total = torch.zeros(a.shape[0], dtype=torch.float64)
     for d in range(draws):
@@ -109,14 +109,14 @@ def main() -> None:
     for k in range(1, args.tasks + 1):
         xk = xte.roll(1 + k, dims=0)[:, task_permutation(pixels, k, args.seed)]
         for layer, (a, b) in enumerate(zip(ins0, layer_inputs(model, xk, k), strict=True)):
-            for name, v in expected_crosstalk(a, b).items():
+            closed = expected_crosstalk(a, b)
+            for name, v in closed.items():
                 per_layer[layer].setdefault(name, []).append(v)
             if k == 1:  # the closed forms against the library's own context draws
                 for ctx in ("binary", "rotation"):
                     got = sampled_crosstalk(a, b, ctx, args.draws, 1000 * args.seed + layer)
                     per_layer[layer].setdefault(f"{ctx} sampled", []).append(got)
-                    per_layer[layer].setdefault(f"{ctx} closed", []).append(
-                        expected_crosstalk(a, b)[ctx])
+                    per_layer[layer].setdefault(f"{ctx} closed", []).append(closed[ctx])
 
     print(f"psp-binary 2x{args.width} after {args.steps} RMSprop steps on task 0; task 0's "
           f"inputs against tasks 1..{args.tasks}, {args.pairs} test images each\n")
