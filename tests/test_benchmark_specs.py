@@ -105,6 +105,22 @@ def test_the_best_table_protocol_is_the_one_the_readme_ran(rp):
             2048, 2, "glorot", "rmsprop", 4e-4, "cosine", 50, 1000, 128)
 
 
+def test_the_normalised_table_protocol_differs_from_the_best_only_in_its_pixels(rp):
+    """table-norm is table-best on standardised pixels: same settings, normalize on, its own
+    run names (so no run of table-best is reused for it)."""
+    from superpose.config import resolve
+
+    best = rp.specs(["table-best"], seeds=1, quick=False)
+    norm = rp.specs(["table-norm"], seeds=1, quick=False)
+    assert {r["name"].replace("tablen-", "tableb-") for r in norm} == {r["name"] for r in best}
+    for a, b in zip(best, norm, strict=True):
+        ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
+        cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
+        assert (ca.normalize, cb.normalize) == (False, True)
+        cb.normalize = False
+        assert ca.to_dict() == cb.to_dict()
+
+
 def test_mean_std_formats_percent_with_sample_std(rp):
     assert rp.mean_std([0.9, 0.92, 0.94]) == "92.00 ± 2.00 (n=3)"
     assert rp.mean_std([0.9]) == "90.00 (n=1)"

@@ -34,6 +34,7 @@ def test_later_layers_win_and_strings_are_coerced():
     ({"optimizer": "adamw"}, "Valid optimizers"),
     ({"init": "xavier"}, "Valid inits: torch, glorot"),
     ({"benchmark": "icifar", "no_bias": True}, "no-bias is an option of the mlp model"),
+    ({"benchmark": "rotating-digits", "normalize": True}, "normalize is an option of the perm"),
 ])
 def test_bad_values_are_clear_errors(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -52,6 +52,25 @@ def test_task_out_of_range(digits):
         digits.task_data(4, "train")
 
 
+def test_normalize_standardises_with_the_training_set_and_then_permutes():
+    """normalize: every split is (x - m) / s with the mean and std of all training pixels (the
+    PSP authors' (x - 0.1307) / 0.3081 on MNIST), and task t still permutes the result."""
+    raw = streams.create("permuted-digits", tasks=3, seed=3)
+    norm = streams.create("permuted-digits", tasks=3, seed=3, normalize=True)
+    m, s = raw.task_data(0, "train").x.mean(), raw.task_data(0, "train").x.std()
+    assert norm.pixel_mean_std == pytest.approx((float(m), float(s)))
+    assert 0.1 < float(m) < 0.9 and float(s) > 0.1  # so the check below is not vacuous
+    for split in ("train", "test"):
+        assert torch.allclose(norm.task_data(0, split).x, (raw.task_data(0, split).x - m) / s)
+    train = norm.task_data(0, "train").x
+    assert abs(float(train.mean())) < 1e-5 and float(train.std()) == pytest.approx(1, abs=1e-5)
+    perm = norm.permutations[2]
+    assert torch.equal(perm, raw.permutations[2])
+    tx, _ = next(norm.eval_batches(2, "test", 8))
+    flat = norm.task_data(2, "test").x[:8].reshape(8, -1)
+    assert torch.equal(tx.reshape(8, -1), flat[:, perm])
+
+
 def test_validation_split_is_held_out():
     s = streams.create("permuted-digits", tasks=2, seed=0, validation=0.2)
     n_train, n_val = len(s.task_data(0, "train")), len(s.task_data(0, "val"))

@@ -36,6 +36,8 @@ HELP = {
     "init": "weight initialisation: torch (PyTorch's default) or glorot (TensorFlow's)",
     "no_bias": "mlp layers without biases (PSP's contexts do not reach a bias, so every task "
                "moves the biases of all others)",
+    "normalize": "permuted-* benchmarks: standardise pixels with the training set's mean and "
+                 "standard deviation, (x - 0.1307) / 0.3081 on MNIST, as the PSP authors' code did",
     "lr": "learning rate",
     "lr_schedule": "learning rate within each task: constant (the papers'), or cosine (from "
                    "--lr down to 0 over the task's steps, restarting at every task)",

@@ -40,6 +40,7 @@ class RunConfig:
     depth: int | None = None
     init: str = "torch"  # weight initialisation: torch (PyTorch's default) or glorot (TF's)
     no_bias: bool = False  # mlp without biases (a PSP bias is shared by every task, unprotected)
+    normalize: bool = False  # permuting streams: standardise pixels by the training set's mean/std
     lr: float | None = None
     lr_schedule: str = "constant"  # within each task: constant, or cosine from lr down to 0
     optimizer: str | None = None
@@ -306,6 +307,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(unknown_name_message("init", str(cfg.init), list(INITS)))
     if cfg.no_bias and cfg.model != "mlp":
         raise ConfigError(f"no-bias is an option of the mlp model, not of {cfg.model!r}")
+    if cfg.normalize and not cfg.benchmark.startswith("permuted-"):
+        raise ConfigError("normalize is an option of the permuted-* benchmarks, not of "
+                          f"{cfg.benchmark!r}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(unknown_name_message("optimizer", str(cfg.optimizer), list(OPTIMIZERS)))
     if not 0 <= cfg.validation < 1:

@@ -72,7 +72,8 @@ def build_stream(cfg: RunConfig) -> Stream:
     return streams.create(cfg.benchmark, tasks=cfg.tasks, seed=cfg.seed,
                           steps_per_task=cfg.steps_per_task, validation=cfg.validation,
                           data_dir=cfg.data_dir, download=cfg.download,
-                          verify=not cfg.no_verify, device=cfg.device)
+                          verify=not cfg.no_verify, device=cfg.device,
+                          normalize=cfg.normalize)
 
 
 def build_method(cfg: RunConfig, stream: Stream, log: Log = lambda _: None) -> Method:

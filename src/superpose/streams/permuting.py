@@ -45,7 +45,8 @@ class PermutingStream(Stream):
 
     def __init__(self, dataset: str, name: str, tasks: int = 10, seed: int = 0,
                  validation: float = 0.0, data_dir: str | None = None, download: bool = False,
-                 verify: bool = True, device: str | torch.device = "cpu", **_: object):
+                 verify: bool = True, device: str | torch.device = "cpu",
+                 normalize: bool = False, **_: object):
         if tasks <= 0:
             raise ValueError(f"tasks must be positive, got {tasks}")
         self.name = name
@@ -53,6 +54,14 @@ class PermutingStream(Stream):
         self.seed = seed
         train, test = image_splits(dataset, data_dir=data_dir, download=download,
                                    verify=verify, device=device)
+        if normalize:
+            # The PSP authors' loaders standardised MNIST as (x - 0.1307) / 0.3081: the mean and
+            # standard deviation of every pixel of the whole training set. A pixel permutation
+            # leaves both unchanged, so one pair serves every task.
+            mean, std = train.x.mean(), train.x.std()
+            train = Split((train.x - mean) / std, train.y)
+            test = Split((test.x - mean) / std, test.y)
+            self.pixel_mean_std = (float(mean), float(std))
         train, val = holdout(train, validation, seed)
         self.splits = {"train": train, "test": test}
         if val is not None:
