@@ -31,8 +31,10 @@ def initialise(model: nn.Module, scheme: str) -> nn.Module:
     """Re-initialise ``model``'s Linear and Conv weights in place; returns it.
 
     ``torch`` keeps PyTorch's defaults (Kaiming-uniform with a = sqrt(5), i.e. U(±1/sqrt(fan_in)),
-    biases likewise). ``glorot`` is TensorFlow's default for dense and conv layers, which the PSP
-    authors' released code used: weights U(±sqrt(6 / (fan_in + fan_out))), biases zero."""
+    biases likewise). ``glorot`` is TensorFlow's default for dense and conv layers: weights
+    U(±sqrt(6 / (fan_in + fan_out))), biases zero. The PSP authors' released (PyTorch) code drew
+    its dense weights from Glorot's normal distribution, N(0, 2 / (fan_in + fan_out)): the same
+    variance."""
     if scheme not in INITS:
         raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INITS)}")
     if scheme == "glorot":
