@@ -54,6 +54,8 @@ class PermutingStream(Stream):
         self.seed = seed
         train, test = image_splits(dataset, data_dir=data_dir, download=download,
                                    verify=verify, device=device)
+        #: (mean, std) the pixels were standardised with; None when they are in [0, 1].
+        self.pixel_mean_std: tuple[float, float] | None = None
         if normalize:
             # The PSP authors' loaders standardised MNIST as (x - 0.1307) / 0.3081: the mean and
             # standard deviation of every pixel of the whole training set. A pixel permutation
