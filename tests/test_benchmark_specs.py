@@ -105,9 +105,9 @@ def test_the_best_table_protocol_is_the_one_the_readme_ran(rp):
             2048, 2, "glorot", "rmsprop", 4e-4, "cosine", 50, 1000, 128)
 
 
-def test_the_normalised_table_protocol_differs_from_the_best_only_in_its_pixels(rp):
-    """table-norm is table-best on standardised pixels: same settings, normalize on, its own
-    run names (so no run of table-best is reused for it)."""
+def test_the_normalised_table_protocol_differs_from_the_best_in_pixels_and_rate_only(rp):
+    """table-norm is table-best on standardised pixels at half the peak rate: otherwise the
+    same settings, its own run names (so no run of table-best is reused for it)."""
     from superpose.config import resolve
 
     best = rp.specs(["table-best"], seeds=1, quick=False)
@@ -117,7 +117,8 @@ def test_the_normalised_table_protocol_differs_from_the_best_only_in_its_pixels(
         ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
         cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
         assert (ca.normalize, cb.normalize) == (False, True)
-        cb.normalize = False
+        assert (ca.lr, cb.lr) == (4e-4, 2e-4)
+        cb.normalize, cb.lr = False, ca.lr
         assert ca.to_dict() == cb.to_dict()
 
 
