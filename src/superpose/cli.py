@@ -50,6 +50,9 @@ HELP = {
     "out": "run folder (default runs/<benchmark>-<method>-<time>)",
     "eval_every": "evaluate task 0 every N steps (first-task curve)",
     "eval_batch_size": "evaluation batch size",
+    "boundary_eval": "what each task boundary evaluates: all (every task seen: the full "
+                     "accuracy matrix) or sparse (task 0 and the task just trained, and every "
+                     "task at the end: about a third faster for long runs)",
     "validation": "fraction of training data held out for validation",
     "checkpoint_every": "also checkpoint every N steps (0: only at task boundaries)",
     "threads": "CPU threads for PyTorch (0: its default; 1 is fastest for small nets on a busy "

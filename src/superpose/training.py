@@ -461,13 +461,18 @@ class Trainer:
                            f"{self._resume_hint()}", signum)
 
     def _evaluate_boundary(self, bar: tqdm) -> None:
-        """A row of the accuracy matrix: every task seen so far, on its test set."""
+        """A row of the accuracy matrix: every task seen so far, on its test set (with
+        ``boundary_eval: sparse``, before the last boundary only task 0 and the task just
+        trained; the others stay None)."""
         cfg, state = self.cfg, self.state
         seen = max(s.task for s in self.segments[: state.segment + 1])
-        accs = evaluation.evaluate_tasks(self.method, self.stream, range(seen + 1), "test",
+        tasks = list(range(seen + 1))
+        if cfg.boundary_eval == "sparse" and state.segment + 1 < len(self.segments):
+            tasks = sorted({0, self.segments[state.segment].task})
+        accs = evaluation.evaluate_tasks(self.method, self.stream, tasks, "test",
                                          cfg.eval_batch_size)  # one pass where the method can
-        row: list[float | None] = [accs[j] if j <= seen else None
-                                   for j in range(self.stream.num_tasks)]
+        by_task = dict(zip(tasks, accs, strict=True))
+        row: list[float | None] = [by_task.get(j) for j in range(self.stream.num_tasks)]
         state.matrix.append(row)
         self.folder.append_metrics([{"kind": "matrix", "step": state.global_step,
                                      "after_task": state.segment, "accuracies": row}])
