@@ -76,6 +76,10 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None
                     else:
                         add("fig2", "psp_fig2_width.yaml", fig2_name(m, w, s), method=m,
                             width=w, seed=s, **short_pm)
+    if "fig2-norm" in which:  # Fig. 2 at 2048 units on the table-norm protocol, small steps
+        for s in range(seeds):
+            add("fig2-norm", "psp_fig2_norm.yaml", f"fig2n-psp-binary-s{s}",
+                method="psp-binary", seed=s, **short_pm)
     if "fig3" in which:
         for s in range(seeds):
             for m in FIG3_METHODS:
@@ -190,6 +194,36 @@ def fig2_row(summary: dict[str, Any]) -> list[float] | None:
             summary["average_last10"]]
 
 
+def fig2_norm_table(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
+                    ) -> list[str]:
+    """Fig. 2's claim seed by seed: task 0 right after its training, after 10 tasks and after
+    all of them, the points lost, whether that is within 1 point ("virtually unchanged"), and
+    the last-10 average; then the mean ± std row."""
+    from superpose.config import load_yaml
+
+    cfg = load_yaml(CONFIGS / "psp_fig2_norm.yaml")
+    lines = [f"### Fig. 2 at {cfg['depth']}×{cfg['width']} ({cfg['optimizer']}, "
+             f"{cfg['lr_schedule']} from {cfg['lr']:g} within each task, init {cfg['init']}, "
+             "standardised pixels, learned binary contexts): task-0 accuracy (%)", "",
+             "| seed | after task 0 | after 10 tasks | final | lost | within 1 point | "
+             "last 10 tasks |", "|---|---|---|---|---|---|---|"]
+    rows = []
+    for r in runs:
+        row = fig2_row(results[r["name"]])
+        if row is None:
+            continue
+        rows.append(row)
+        a0, a10, fin, drop, _, last10 = (100 * v for v in row)
+        lines.append(f"| {r['overrides']['seed']} | {a0:.2f} | {a10:.2f} | {fin:.2f} | "
+                     f"{drop:.2f} | {'yes' if drop <= 1 else 'no'} | {last10:.2f} |")
+    if len(rows) > 1:
+        cols = [mean_std([row[i] for row in rows]) for i in (0, 1, 2, 3)]
+        within = sum(row[3] <= 0.01 for row in rows)
+        lines.append(f"| all | {' | '.join(cols)} | {within} of {len(rows)} | "
+                     f"{mean_std([row[5] for row in rows])} |")
+    return lines + [""]
+
+
 def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> str:
     from superpose import plots
     from superpose.config import load_yaml
@@ -277,6 +311,11 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
                 by_width[w] = rs
         if by_width:
             plots.width_panels(by_width, out / "fig2.png")
+    if "fig2-norm" in by_exp:
+        lines += fig2_norm_table(results, by_exp["fig2-norm"])
+        plots.first_task_curve([load_run(out / r["name"]) for r in by_exp["fig2-norm"]],
+                               out / "fig2_norm.png",
+                               "Fig. 2 at 2048 units, standardised pixels: task 0 (every seed)")
     for exp in ("fig3", "fig3-learned"):
         if exp not in by_exp:
             continue
@@ -322,10 +361,10 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="fig2,fig3,fig3-learned,table,table-wide,zenke,fig4,fig5",
-                    help="comma list of fig2, fig3, fig3-learned, table, table-wide, "
-                         "table-best, table-norm, zenke, fig4, fig5 (table-best and "
-                         "table-norm, 2×2048, are not in the default list: 1-3 h per run on "
-                         "one CPU thread)")
+                    help="comma list of fig2, fig2-norm, fig3, fig3-learned, table, table-wide, "
+                         "table-best, table-norm, zenke, fig4, fig5 (fig2-norm, table-best "
+                         "and table-norm, 2×2048, are not in the default list: 1-3 h per run "
+                         "on one CPU thread)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs to check the pipeline")
     ap.add_argument("--out", default="runs/reproduce-psp")

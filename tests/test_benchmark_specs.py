@@ -341,3 +341,25 @@ def test_crosstalk_layer_inputs_are_what_each_layer_reads():
     assert [t.shape for t in ins] == [(7, 6), (7, 5), (7, 4)]
     assert torch.equal(ins[0], x)
     assert (ins[1] >= 0).all() and (ins[2] >= 0).all()
+
+
+def test_fig2_norm_runs_the_fig2_config_per_seed_and_tabulates_the_1_point_claim(rp):
+    from superpose.config import resolve
+
+    runs = rp.specs(["fig2-norm"], seeds=2, quick=False)
+    assert [r["name"] for r in runs] == ["fig2n-psp-binary-s0", "fig2n-psp-binary-s1"]
+    cfg = resolve(yaml.safe_load((rp.CONFIGS / runs[1]["config"]).read_text()),
+                  runs[1]["overrides"])
+    assert (cfg.width, cfg.depth, cfg.method, cfg.options["learn_context"], cfg.normalize, cfg.seed,
+            cfg.tasks) == (2048, 2, "psp-binary", True, True, 1, 50)
+
+    def summary(final0):  # 20 tasks of 100 steps; task 0 at 0.97 after its training
+        return {"steps": 2000, "tasks": 20, "average_last10": 0.96,
+                "first_task_curve": [[100, 0.97], [1000, 0.965], [2000, final0]],
+                "final_accuracy": [final0] + [0.96] * 19}
+
+    results = {"fig2n-psp-binary-s0": summary(0.965), "fig2n-psp-binary-s1": summary(0.955)}
+    lines = rp.fig2_norm_table(results, runs)
+    assert lines[4] == "| 0 | 97.00 | 96.50 | 96.50 | 0.50 | yes | 96.00 |"
+    assert lines[5] == "| 1 | 97.00 | 96.50 | 95.50 | 1.50 | no | 96.00 |"
+    assert lines[6].startswith("| all | 97.00 ± 0.00 (n=2) |") and "| 1 of 2 |" in lines[6]
