@@ -96,17 +96,17 @@ FALLBACK_DEFAULTS: dict[str, Any] = dict(model="mlp", tasks=10, steps_per_task=1
                                          batch_size=128, width=256, depth=2, lr=1e-3,
                                          optimizer="adam")
 
-COMMON_KEYS = [f.name for f in fields(RunConfig) if f.name != "options"]
-#: Settings that say how a run executes, not what it trains: ``--resume`` may change them (more
-#: threads once a machine frees up, the data moved, more frequent checkpoints). Another thread
-#: count changes the rounding of PyTorch's reductions, so the resumed run is no longer
-#: bit-identical to one that never stopped; the run folder records every change.
 #: What a task boundary evaluates: "all" tasks seen so far (the full accuracy matrix), or
 #: "sparse": task 0 and the task just trained (the matrix's first column and its diagonal),
 #: and every task at the last boundary. Evaluating every task costs a 50-task run at 2x2048
 #: about a third of its time on a CPU; the sparse rows still give Fig. 2's task-0 line, the
 #: learning accuracies and the final row (the Fig. 3 table, forgetting).
 BOUNDARY_EVALS = ("all", "sparse")
+COMMON_KEYS = [f.name for f in fields(RunConfig) if f.name != "options"]
+#: Settings that say how a run executes, not what it trains: ``--resume`` may change them (more
+#: threads once a machine frees up, the data moved, more frequent checkpoints). Another thread
+#: count changes the rounding of PyTorch's reductions, so the resumed run is no longer
+#: bit-identical to one that never stopped; the run folder records every change.
 RESUME_OVERRIDES = ("threads", "data_dir", "checkpoint_every")
 POSITIVE_INTS = ("tasks", "steps_per_task", "batch_size", "width", "depth", "eval_every",
                  "eval_batch_size")
