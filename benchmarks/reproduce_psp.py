@@ -54,9 +54,11 @@ def fig2_name(method: str, width: int, seed: int) -> str:
     return f"fig2-{method}-w{width}" + (f"-s{seed}" if seed else "")
 
 
-def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None
-          ) -> list[dict[str, Any]]:
-    """Every run of the selected experiments: {"experiment", "name", "config", "overrides"}."""
+def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
+          width: int | None = None) -> list[dict[str, Any]]:
+    """Every run of the selected experiments: {"experiment", "name", "config", "overrides"}.
+    ``width`` runs the table experiments at that many units instead of their config's (the
+    table's width is not stated); their run names then carry ``-w{width}``."""
     out: list[dict[str, Any]] = []
     short_pm = {"tasks": 6, "steps_per_task": 200, "eval_every": 50} if quick else {}
     if tasks:  # a shorter permuting stream than the paper's 50 tasks (clearly a partial run)
@@ -93,20 +95,23 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None
                 else:  # the table's learned run: psp_table.yaml is this protocol
                     add("fig3-learned", "psp_table.yaml", f"table-{m}-learned-s{s}",
                         method=m, seed=s, learn_context=True, **short_pm)
+    wide = {"width": width} if width else {}
+    w_tag = f"-w{width}" if width else ""
     for exp, (config, prefix) in TABLE_CONFIGS.items():
         if exp not in which:
             continue
         for s in range(seeds):
             for m in ("standard", "psp-binary", "psp-complex", "psp-onepower", "ewc", "si"):
-                if exp == "table" and m in FIG3_METHODS:
+                if exp == "table" and m in FIG3_METHODS and not width:
                     # psp_table.yaml is psp_fig3_types.yaml's protocol: the run is Fig. 3's
                     add(exp, "psp_fig3_types.yaml", fig3_name(m, s), method=m, seed=s,
                         **short_pm)
                 else:
-                    add(exp, config, f"{prefix}-{m}-s{s}", method=m, seed=s, **short_pm)
+                    add(exp, config, f"{prefix}-{m}{w_tag}-s{s}", method=m, seed=s, **wide,
+                        **short_pm)
             for m in ("psp-binary", "psp-complex", "psp-onepower"):
-                add(exp, config, f"{prefix}-{m}-learned-s{s}", method=m, seed=s,
-                    learn_context=True, **short_pm)
+                add(exp, config, f"{prefix}-{m}{w_tag}-learned-s{s}", method=m, seed=s,
+                    learn_context=True, **wide, **short_pm)
     if "zenke" in which:
         short_z = {"tasks": 3, "steps_per_task": 300, "eval_every": 100} if quick else {}
         for s in range(seeds):
@@ -237,7 +242,7 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
     for exp, (config, _) in TABLE_CONFIGS.items():
         if exp not in by_exp:
             continue
-        cfg = load_yaml(CONFIGS / config)
+        cfg = {**load_yaml(CONFIGS / config), **by_exp[exp][0]["overrides"]}  # --width
         schedule = (f" ({cfg['lr_schedule']} within each task)"
                     if cfg.get("lr_schedule", "constant") != "constant" else "")
         proto = (f"{cfg['depth']}×{cfg['width']}, {cfg['optimizer']} {cfg['lr']:g}{schedule}, "
@@ -374,6 +379,9 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     ap.add_argument("--tasks", type=int, default=None,
                     help="permuting-MNIST experiments: this many tasks instead of 50 (partial)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="table experiments: this many units per layer instead of the config's "
+                         "(run names get -wN)")
     ap.add_argument("--methods", default=None,
                     help="comma list: only the runs of these methods (e.g. psp-binary,psp-complex)")
     ap.add_argument("--report-only", action="store_true",
@@ -383,7 +391,7 @@ def main() -> None:
     out = Path(args.out + ("-quick" if args.quick else "")
                + (f"-{args.tasks}tasks" if args.tasks else ""))
     out.mkdir(parents=True, exist_ok=True)
-    runs = specs(which, 1 if args.quick else args.seeds, args.quick, args.tasks)
+    runs = specs(which, 1 if args.quick else args.seeds, args.quick, args.tasks, args.width)
     if args.methods:
         runs = select_methods(runs, args.methods)
     unique = {r["name"]: r for r in runs}  # a run two experiments share is trained once

@@ -106,8 +106,9 @@ def test_the_best_table_protocol_is_the_one_the_readme_ran(rp):
 
 
 def test_the_normalised_table_protocol_differs_from_the_best_in_pixels_and_rate_only(rp):
-    """table-norm is table-best on standardised pixels at 3/8 of the peak rate: otherwise the
-    same settings, its own run names (so no run of table-best is reused for it)."""
+    """table-norm is table-best on standardised pixels at 3/8 of the peak rate (and with sparse
+    boundary evaluations, which leave the table's numbers as they are): otherwise the same
+    settings, its own run names (so no run of table-best is reused for it)."""
     from superpose.config import resolve
 
     best = rp.specs(["table-best"], seeds=1, quick=False)
@@ -118,7 +119,8 @@ def test_the_normalised_table_protocol_differs_from_the_best_in_pixels_and_rate_
         cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
         assert (ca.normalize, cb.normalize) == (False, True)
         assert (ca.lr, cb.lr) == (4e-4, 1.5e-4)
-        cb.normalize, cb.lr = False, ca.lr
+        assert (ca.boundary_eval, cb.boundary_eval) == ("all", "sparse")
+        cb.normalize, cb.lr, cb.boundary_eval = False, ca.lr, ca.boundary_eval
         assert ca.to_dict() == cb.to_dict()
 
 
@@ -363,3 +365,29 @@ def test_fig2_norm_runs_the_fig2_config_per_seed_and_tabulates_the_1_point_claim
     assert lines[4] == "| 0 | 97.00 | 96.50 | 96.50 | 0.50 | yes | 96.00 |"
     assert lines[5] == "| 1 | 97.00 | 96.50 | 95.50 | 1.50 | no | 96.00 |"
     assert lines[6].startswith("| all | 97.00 ± 0.00 (n=2) |") and "| 1 of 2 |" in lines[6]
+
+
+def test_width_reruns_the_table_protocol_at_another_width_under_its_own_names(rp):
+    """--width N: the same table runs with only the width changed, every name tagged -wN (so no
+    run at the config's width is reused), and the 256-unit table no longer borrows Fig. 3's
+    runs (their width is fixed)."""
+    from superpose.config import resolve
+
+    plain = rp.specs(["table-norm"], seeds=2, quick=False)
+    wide = rp.specs(["table-norm"], seeds=2, quick=False, width=1024)
+    assert "tablen-psp-complex-w1024-s0" in {r["name"] for r in wide}
+    assert "tablen-psp-onepower-w1024-learned-s1" in {r["name"] for r in wide}
+    assert not {r["name"] for r in plain} & {r["name"] for r in wide}
+    for a, b in zip(plain, wide, strict=True):
+        assert b["name"].replace("-w1024", "") == a["name"]
+        ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
+        cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
+        assert (ca.width, cb.width) == (2048, 1024)
+        cb.width = ca.width
+        assert ca.to_dict() == cb.to_dict()
+    fig3 = {r["name"] for r in rp.specs(["fig3"], seeds=1, quick=False)}
+    assert not fig3 & {r["name"] for r in rp.specs(["table"], seeds=1, quick=False, width=512)}
+    # the table's heading states the width the runs had
+    results = {r["name"]: {"average_last10": 0.97} for r in wide}
+    text = rp.report(results, wide, Path("/nonexistent"))
+    assert "(2×1024, rmsprop 0.00015" in text
