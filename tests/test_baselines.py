@@ -252,6 +252,33 @@ def test_si_path_integral_on_two_sgd_steps():
         torch.testing.assert_close(m.omega[n], expect[n], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_si_clip_applies_relu_to_the_summed_importance(clip: bool):
+    """si_clip: Ω ← max(0, Ω + ω/(Δ²+ξ)) (the authors' code), on the sum and not on each task's
+    increment; without it negative importances survive (eq. 5 as printed)."""
+    xi = 0.1
+    m = toy_method(SI, ToyStream(), si_xi=xi, si_clip=clip)
+    g = torch.Generator().manual_seed(3)
+    m.begin_task(0)
+    with torch.no_grad():
+        for p in m.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    deltas = {n: p.detach() - m.anchor[n] for n, p in m.model.named_parameters()}
+    for n in m.omega:
+        m.importance[n].fill_(0.5)
+        # ω/(Δ²+ξ) is −0.3 on the first half of the entries and −0.8 on the rest
+        ratio = torch.full_like(m.omega[n], -0.3)
+        ratio.view(-1)[ratio.numel() // 2:] = -0.8
+        m.omega[n] = ratio * (deltas[n].pow(2) + xi)
+    m.end_task(0)
+    for n, imp in m.importance.items():
+        flat = imp.view(-1)
+        half = flat.numel() // 2
+        torch.testing.assert_close(flat[:half], torch.full_like(flat[:half], 0.2))
+        rest = torch.full_like(flat[half:], 0.0 if clip else -0.3)
+        torch.testing.assert_close(flat[half:], rest)
+
+
 # ---- single-task and joint --------------------------------------------------------------------
 def test_single_task_keeps_task_0_network_bit_identical():
     m = toy_method(SingleTask, ToyStream())

@@ -14,8 +14,10 @@ and the next tasks minimise (eq. 4)  L̃ = L + c Σ_k Ω_k (θ_k − θ*_k)².
 The task-loss gradient is recovered exactly as the full gradient minus the penalty's analytic
 gradient 2cΩ(θ − θ*), so one backward pass suffices. ξ defaults to 0.1, the value Zenke et al.
 used for permuted MNIST (their section 5.2; ξ = 1e-3 was their split-MNIST value), where they
-also found c = 0.1 by a grid search on held-out data. No clipping of Ω is applied (the paper has
-none), so Ω may be negative for parameters that an optimiser moved uphill.
+also found c = 0.1 by a grid search on held-out data. The paper does not clip Ω, so by default Ω
+may be negative for parameters that an optimiser moved uphill. The authors' released code
+(ganguli-lab/pathint, ``protocols.py``) does clip it after every task, Ω ← max(0, Ω + ω/(Δ²+ξ));
+``si_clip`` turns that on.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class SI(Method):
                     "benchmarks/tune_baselines.py)"})
         si_xi: float = field(default=0.1, metadata={
             "help": "SI damping ξ in Ω += ω / (Δ² + ξ) (0.1 for permuted MNIST, Zenke et al.)"})
+        si_clip: bool = field(default=False, metadata={
+            "help": "clip Ω at zero after each task, as the authors' released code does "
+                    "(the paper's eq. 5 has no clip)"})
 
     def __init__(self, ctx: MethodContext, options: Any = None):
         super().__init__(ctx, options)
@@ -92,6 +97,8 @@ class SI(Method):
         for n, p in self.tracked().items():
             delta = p - self.anchor[n]  # Δ_k over the whole task
             self.importance[n] += self.omega[n] / (delta.pow(2) + self.options.si_xi)  # eq. 5
+            if self.options.si_clip:
+                self.importance[n].clamp_(min=0.0)  # pathint's relu, not in the paper
             self.omega[n].zero_()
             self.anchor[n] = p.detach().clone()
 
