@@ -271,7 +271,7 @@ def test_si_clip_applies_relu_to_the_summed_importance(clip: bool):
         ratio.view(-1)[ratio.numel() // 2:] = -0.8
         m.omega[n] = ratio * (deltas[n].pow(2) + xi)
     m.end_task(0)
-    for n, imp in m.importance.items():
+    for imp in m.importance.values():
         flat = imp.view(-1)
         half = flat.numel() // 2
         torch.testing.assert_close(flat[:half], torch.full_like(flat[:half], 0.2))

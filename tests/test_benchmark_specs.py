@@ -391,3 +391,42 @@ def test_width_reruns_the_table_protocol_at_another_width_under_its_own_names(rp
     results = {r["name"]: {"average_last10": 0.97} for r in wide}
     text = rp.report(results, wide, Path("/nonexistent"))
     assert "(2×1024, rmsprop 0.00015" in text
+
+
+def test_zenke_code_differs_from_zenke_in_data_init_and_si_clip_only(rp, tmp_path):
+    """zenke-code is the zenke protocol as the authors' code ran it: the whole training set
+    (20 epochs of 60,000 images at batch 256 = 4688 steps), Glorot init and SI's clipped Ω;
+    its report says so and tabulates average and backward transfer from the runs' files."""
+    from superpose.config import resolve
+
+    zenke = {r["overrides"]["method"]: r for r in rp.specs(["zenke"], seeds=1, quick=False)}
+    code = rp.specs(["zenke-code"], seeds=2, quick=False)
+    assert [r["name"] for r in code] == ["zenkec-si-s0", "zenkec-ewc-s0", "zenkec-si-s1",
+                                         "zenkec-ewc-s1"]
+    for r in code[:2]:
+        a, b = zenke[r["overrides"]["method"]], r
+        ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
+        cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
+        assert (ca.validation, cb.validation) == (0.1, 0.0)
+        assert cb.steps_per_task == -(-20 * 60000 // cb.batch_size) == 4688
+        assert (ca.init, cb.init) == ("torch", "glorot")
+        if cb.method == "si":
+            assert (ca.options.get("si_clip", False), cb.options["si_clip"]) == (False, True)
+            del cb.options["si_clip"]
+        cb.validation, cb.steps_per_task, cb.init = ca.validation, ca.steps_per_task, ca.init
+        cb.eval_every = ca.eval_every
+        assert ca.to_dict() == cb.to_dict()
+    results = {}
+    for r, avg, bwt in zip(code, (0.971, 0.969, 0.973, 0.967), (-0.01, -0.012, -0.008, -0.014),
+                           strict=True):
+        (tmp_path / r["name"]).mkdir()
+        cfg = yaml.safe_load((rp.CONFIGS / r["config"]).read_text())
+        cfg.update(r["overrides"])
+        (tmp_path / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg))
+        results[r["name"]] = {"tasks": 10, "steps": 46880, "average_accuracy": avg,
+                              "backward_transfer": bwt}
+    text = rp.report(results, code, tmp_path)
+    assert "the whole training set, init glorot, SI's importance clipped at zero" in text
+    assert "10 tasks × 4688 steps, 2×2000, adam 0.001, batch 256" in text
+    assert "| si | c = 0.1, ξ = 0.1, Ω clipped at 0 | 97.20 ± 0.14 (n=2) |" in text
+    assert "| ewc | λ = 10000 | 96.80 ± 0.14 (n=2) |" in text
