@@ -14,6 +14,9 @@ Sections (``--sections``, default all):
             it) against the plain MLP trained by a hand-written PyTorch loop, at 2×256 and
             2×2048 with batch 128, and a superposed ResNet-18 against the plain one at a small
             batch; with each step's matmul-FLOP floor and its fraction of the matmul rate;
+``baselines`` one EWC and one SI training step (2×2000, batch 256, Adam: Zenke et al.'s
+            network) against ``standard``, with the penalty's gradient in closed form (the
+            methods' path) and through autograd (the path it replaced);
 ``clnp``    one CLNP training step (2×2000, batch 256, Adam; section 3.1's network) while
             earlier tasks own a given fraction of each hidden layer: the dense pass (whole
             layers, frozen gradients zeroed) against the row-sparse one (``--train-path
@@ -64,6 +67,8 @@ from superpose.config import resolve
 from superpose.errors import UserError
 from superpose.methods import METHODS, Method, MethodContext
 from superpose.methods.clnp import Clnp
+from superpose.methods.ewc import EWC
+from superpose.methods.si import SI
 from superpose.runtime import keep_freed_memory
 from superpose.streams.base import Split, Stream
 
@@ -454,6 +459,93 @@ def clnp_step(data: list[tuple[Tensor, Tensor]], width: int, used: Sequence[floa
     return step
 
 
+class EwcByAutograd(EWC):
+    """EWC with its penalty differentiated by autograd (the reference the closed form beat)."""
+
+    def loss(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
+        return Method.loss(self, x, y, task, step) + self.penalty()
+
+    def before_optimizer_step(self, task: int, step: int) -> None:
+        pass
+
+    def train_step(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
+        return Method.train_step(self, x, y, task, step)
+
+
+class SiByAutograd(SI):
+    """SI with its penalty differentiated by autograd and the task-loss gradient ω needs taken
+    back out of the total (the path the closed form replaced)."""
+
+    def loss(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
+        return Method.loss(self, x, y, task, step) + self.penalty()
+
+    @torch.no_grad()
+    def before_optimizer_step(self, task: int, step: int) -> None:
+        self._grad, self._before = {}, {}
+        for n, p in self.tracked().items():
+            pen_grad = 2 * self.options.si_c * self.importance[n] * (p - self.anchor[n])
+            self._grad[n] = p.grad - pen_grad
+            self._before[n] = p.detach().clone()
+
+    def train_step(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
+        return Method.train_step(self, x, y, task, step)
+
+
+def baseline_step(cls: type[Method], data: list[tuple[Tensor, Tensor]], width: int,
+                  **options: Any) -> Step:
+    """``cls.train_step`` on task 1 of a 2×``width`` MLP after one finished task: EWC's Fisher
+    and SI's importance random and positive, the anchor a random point near the weights."""
+    torch.manual_seed(0)
+    ctx = MethodContext(stream=ShapeStream(10, (1, 28, 28), 10), lr=1e-3, optimizer="adam",
+                        batch_size=data[0][0].shape[0],
+                        build_model=lambda: models.create("mlp", in_features=784,
+                                                          hidden=[width, width], classes=10))
+    m = cls(ctx, cls.Options(**options))
+    g = torch.Generator().manual_seed(1)
+    state = {n: (torch.rand(p.shape, generator=g), p.detach() + 0.01 * torch.randn(
+        p.shape, generator=g)) for n, p in m.model.named_parameters()}
+    if isinstance(m, EWC):
+        m.fisher = {n: f for n, (f, _) in state.items()}
+        m.anchor = {n: a for n, (_, a) in state.items()}
+    elif isinstance(m, SI):
+        m.importance = {n: f for n, (f, _) in state.items()}
+        m.anchor = {n: a for n, (_, a) in state.items()}
+    m.begin_task(1)
+    i = [0]
+
+    def step() -> None:
+        x, y = data[i[0] % len(data)]
+        m.train_step(x, y, 1, i[0])
+        i[0] += 1
+
+    return step
+
+
+def section_baselines(args: argparse.Namespace) -> None:
+    print("\n## EWC and SI training steps: the penalty's gradient in closed form\n")
+    width = 500 if args.quick else 2000
+    print(f"CPU time per `train_step` (forward, backward, penalty, Adam; SI's path integral) on "
+          f"a 2×{width} MLP, batch 256, on the second task (Zenke et al.'s network). "
+          "`closed form`: the methods as shipped, which add λF(θ − θ*) (EWC) or 2cΩ(θ − θ*) "
+          "(SI) to the task loss's gradient; `autograd`: the penalty in the loss graph. "
+          "`× standard`: median of per-round ratios [interquartile range].\n")
+    data = batches((1, 28, 28), 256, 10)
+    variants = {"standard": baseline_step(METHODS.get("standard"), data, width),
+                "ewc · closed form": baseline_step(EWC, data, width, ewc_lambda=1e4),
+                "ewc · autograd": baseline_step(EwcByAutograd, data, width, ewc_lambda=1e4),
+                "si · closed form": baseline_step(SI, data, width),
+                "si · autograd": baseline_step(SiByAutograd, data, width)}
+    res = compare(variants, "standard", budget=args.step_budget * 2, min_rounds=3)
+    rows = [[name, fmt_ms(t.median), fmt_ratio(t)] for name, t in res.items()]
+    for m in ("ewc", "si"):
+        a, b = res[f"{m} · autograd"], res[f"{m} · closed form"]
+        extra_a, extra_b = a.median - res["standard"].median, b.median - res["standard"].median
+        rows.append([f"{m}: closed form ÷ autograd", "", f"{b.median / a.median:.3f} "
+                     f"(time beyond standard: {fmt_ms(extra_b)} against {fmt_ms(extra_a)} ms)"])
+    print(table([f"step (2×{width})", "ms", "× standard"], rows))
+    print(f"\n({load()})")
+
+
 CLNP_STATES = ((0.0, 0.0), (0.3, 0.1), (0.5, 0.3), (0.63, 0.43), (0.8, 0.52), (1.0, 0.63),
                (1.0, 0.9))
 
@@ -732,9 +824,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller and shorter everything")
-    p.add_argument("--sections", default="matmul,steps,resnet,clnp,eval,run",
+    p.add_argument("--sections", default="matmul,steps,resnet,baselines,clnp,eval,run",
                    help="comma-separated: matmul, steps, resnet (a row of the steps table), "
-                        "clnp, eval, run")
+                        "baselines, clnp, eval, run")
     p.add_argument("--malloc", choices=("default", "heap"), default="heap",
                    help="heap (what `superpose run` does, superpose.runtime): keep freed "
                         "memory in the process (glibc mallopt: no mmap, no trim), so large "
@@ -771,6 +863,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rate = section_matmul(args) if "matmul" in sections or timed_steps else math.nan
     if timed_steps:
         section_steps(args, rate)
+    if "baselines" in sections:
+        section_baselines(args)
     if "clnp" in sections:
         section_clnp(args)
     if "eval" in sections:

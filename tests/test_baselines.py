@@ -159,6 +159,34 @@ def test_ewc_penalty_is_half_lambda_fisher_weighted_squares():
     assert m.penalty().item() == pytest.approx(18.375)
 
 
+@pytest.mark.parametrize("cls", [EWC, SI])
+def test_closed_form_penalty_gradient_is_autograd_of_the_penalised_loss(cls):
+    """EWC and SI add their penalty's gradient in closed form after the task loss's backward:
+    one SGD step must equal −lr ∇(CE + penalty) by autograd, and the step returns CE + penalty."""
+    lr = 0.1
+    opts = {"ewc_lambda": 3.0} if cls is EWC else {"si_c": 2.0}
+    m = toy_method(cls, ToyStream(), build=lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 3)),
+                   optimizer="sgd", lr=lr, **opts)
+    g = torch.Generator().manual_seed(1)
+    weights = {n: torch.rand(p.shape, generator=g) for n, p in m.model.named_parameters()}
+    anchors = {n: p.detach() + torch.randn(p.shape, generator=g)
+               for n, p in m.model.named_parameters()}
+    if cls is EWC:
+        m.fisher, m.anchor = weights, anchors
+    else:
+        m.importance, m.anchor = weights, anchors
+    data = m.ctx.stream.task_data(1, "train")
+    x, y = data.x[:16], data.y[:16]
+    before = {n: p.detach().clone() for n, p in m.model.named_parameters()}
+    full = nn.functional.cross_entropy(m.model(x), y) + m.penalty()
+    grads = dict(zip(before, torch.autograd.grad(full, list(m.model.parameters())), strict=True))
+    m.begin_task(1)
+    returned = m.train_step(x, y, 1, 0)
+    assert float(returned) == pytest.approx(full.item(), rel=1e-6)
+    for n, p in m.model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] - lr * grads[n], rtol=1e-5, atol=1e-6)
+
+
 def test_fisher_of_softmax_regression_matches_the_analytic_expectation():
     """For logits Wx + b: E_{c~p} (∂ log p_c / ∂W_kj)² = p_k (1 − p_k) x_j² (bias: without x)."""
     torch.manual_seed(0)

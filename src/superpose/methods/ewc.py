@@ -14,6 +14,9 @@ The Fisher is the true (not the empirical) Fisher: the expected squared score un
 own predictive distribution, F_i = E_x E_{y ~ p_θ(y|x)} [(∂ log p_θ(y|x) / ∂θ_i)²], averaged over
 ``fisher_samples`` training inputs of the task; the expectation over y is exact (a sum over all
 classes weighted by p_θ(y|x)) or a single label drawn from p_θ(y|x) per input.
+
+The penalty's gradient λ F (θ − θ*) is added in closed form after the backward pass of the task
+loss, so the penalty builds no graph.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class EWC(Method):
             raise ConfigError(f"ewc-lambda must be >= 0, got {opts.ewc_lambda}")
         self.fisher: dict[str, Tensor] = {}  # name -> Σ_s F_s (empty before the first task ends)
         self.anchor: dict[str, Tensor] = {}  # name -> θ* at the end of the last task
+        self._penalty = torch.zeros((), device=ctx.device)  # λ/2 Σ F (θ − θ*)², last step
 
     def penalty(self) -> Tensor:
         """λ/2 Σ_i F_i (θ_i − θ*_i)² (Kirkpatrick et al. eq. 3), a scalar."""
@@ -116,8 +120,21 @@ class EWC(Method):
                 total = total + (self.fisher[n] * (p - self.anchor[n]).pow(2)).sum()
         return 0.5 * self.options.ewc_lambda * total
 
-    def loss(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
-        return super().loss(x, y, task, step) + self.penalty()
+    def train_step(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
+        """One step of L_t + penalty; returns that sum (the penalty at the step's start)."""
+        return super().train_step(x, y, task, step) + self._penalty
+
+    @torch.no_grad()
+    def before_optimizer_step(self, task: int, step: int) -> None:
+        penalty = torch.zeros((), device=self.ctx.device)
+        for n, p in self.model.named_parameters():
+            if n not in self.fisher or p.grad is None:
+                continue
+            d = p - self.anchor[n]  # θ − θ*
+            weighted = self.fisher[n] * d  # F (θ − θ*)
+            penalty += torch.dot(weighted.view(-1), d.view(-1))
+            p.grad.add_(weighted, alpha=self.options.ewc_lambda)  # ∂/∂θ of λ/2 Σ F (θ − θ*)²
+        self._penalty = 0.5 * self.options.ewc_lambda * penalty
 
     def fisher_inputs(self, task: int, g: torch.Generator) -> Tensor:
         """``fisher_samples`` training inputs of ``task`` (without replacement), (N, C, H, W)."""

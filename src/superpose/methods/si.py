@@ -11,13 +11,13 @@ At the end of the task (eq. 5), with Δ_k = θ_k(end of μ) − θ_k(end of μ�
 
 and the next tasks minimise (eq. 4)  L̃ = L + c Σ_k Ω_k (θ_k − θ*_k)².
 
-The task-loss gradient is recovered exactly as the full gradient minus the penalty's analytic
-gradient 2cΩ(θ − θ*), so one backward pass suffices. ξ defaults to 0.1, the value Zenke et al.
-used for permuted MNIST (their section 5.2; ξ = 1e-3 was their split-MNIST value), where they
-also found c = 0.1 by a grid search on held-out data. The paper does not clip Ω, so by default Ω
-may be negative for parameters that an optimiser moved uphill. The authors' released code
-(ganguli-lab/pathint, ``protocols.py``) does clip it after every task, Ω ← max(0, Ω + ω/(Δ²+ξ));
-``si_clip`` turns that on.
+The backward pass differentiates the task loss only, which gives ω its gradient g directly; the
+penalty's gradient 2cΩ(θ − θ*) is then added in closed form, so the penalty builds no graph.
+ξ defaults to 0.1, the value Zenke et al. used for permuted MNIST (their section 5.2; ξ = 1e-3
+was their split-MNIST value), where they also found c = 0.1 by a grid search on held-out data.
+The paper does not clip Ω, so by default Ω may be negative for parameters that an optimiser moved
+uphill. The authors' released code (ganguli-lab/pathint, ``protocols.py``) does clip it after
+every task, Ω ← max(0, Ω + ω/(Δ²+ξ)); ``si_clip`` turns that on.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class SI(Method):
         self.anchor = {n: p.detach().clone() for n, p in params.items()}  # θ*, last task's end
         self._grad: dict[str, Tensor] = {}  # task-loss gradient of the step under way
         self._before: dict[str, Tensor] = {}  # parameters before that step
+        self._penalty = torch.zeros((), device=ctx.device)  # c Σ Ω (θ − θ*)² at that step
 
     def tracked(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -72,24 +73,31 @@ class SI(Method):
             total = total + (self.importance[n] * (p - self.anchor[n]).pow(2)).sum()
         return self.options.si_c * total
 
-    def loss(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
-        return super().loss(x, y, task, step) + self.penalty()
+    def train_step(self, x: Tensor, y: Tensor, task: int, step: int) -> Tensor:
+        """One step of L̃ = L + penalty; returns L̃ (the penalty at the step's start)."""
+        return super().train_step(x, y, task, step) + self._penalty
 
     @torch.no_grad()
     def before_optimizer_step(self, task: int, step: int) -> None:
         self._grad, self._before = {}, {}
+        penalty = torch.zeros((), device=self.ctx.device)
         for n, p in self.tracked().items():
             if p.grad is None:
                 continue
-            pen_grad = 2 * self.options.si_c * self.importance[n] * (p - self.anchor[n])
-            self._grad[n] = p.grad - pen_grad  # ∂L_μ/∂θ: the task loss's share only
+            self._grad[n] = p.grad.clone()  # ∂L_μ/∂θ: backward saw the task loss only
+            d = p - self.anchor[n]  # θ − θ*
+            weighted = self.importance[n] * d  # Ω (θ − θ*)
+            penalty += torch.dot(weighted.view(-1), d.view(-1))
+            p.grad.add_(weighted, alpha=2 * self.options.si_c)  # + ∂/∂θ of c Σ Ω (θ − θ*)²
             self._before[n] = p.detach().clone()
+        self._penalty = self.options.si_c * penalty
 
     @torch.no_grad()
     def after_step(self, task: int, step: int) -> None:
         params = self.tracked()
         for n, g in self._grad.items():
-            self.omega[n] -= g * (params[n] - self._before[n])  # eq. 3: ω −= g Δθ
+            before = self._before[n].sub_(params[n])  # −Δθ of this step
+            self.omega[n].addcmul_(g, before)  # eq. 3: ω −= g Δθ
         self._grad, self._before = {}, {}
 
     @torch.no_grad()
