@@ -429,6 +429,19 @@ def section_steps(args: argparse.Namespace, rate: float) -> None:
         print(f"- {c}")
 
 
+def task_1_steps(m: Method, data: list[tuple[Tensor, Tensor]]) -> Step:
+    """A step function: ``m.train_step`` on task 1, cycling through ``data``."""
+    m.begin_task(1)
+    i = [0]
+
+    def step() -> None:
+        x, y = data[i[0] % len(data)]
+        m.train_step(x, y, 1, i[0])
+        i[0] += 1
+
+    return step
+
+
 def clnp_step(data: list[tuple[Tensor, Tensor]], width: int, used: Sequence[float], path: str
               ) -> Step:
     """CLNP's ``train_step`` on task 1 when finished tasks own the fraction ``used[l]`` of hidden
@@ -448,15 +461,7 @@ def clnp_step(data: list[tuple[Tensor, Tensor]], width: int, used: Sequence[floa
                 w[m.used[l].nonzero(), (~m.used[l - 1]).nonzero().T] = 0.0
     m.trained[0] = True
     m.task_units[0] = m.used[-1]
-    m.begin_task(1)
-    i = [0]
-
-    def step() -> None:
-        x, y = data[i[0] % len(data)]
-        m.train_step(x, y, 1, i[0])
-        i[0] += 1
-
-    return step
+    return task_1_steps(m, data)
 
 
 class EwcByAutograd(EWC):
@@ -510,15 +515,7 @@ def baseline_step(cls: type[Method], data: list[tuple[Tensor, Tensor]], width: i
     elif isinstance(m, SI):
         m.importance = {n: f for n, (f, _) in state.items()}
         m.anchor = {n: a for n, (_, a) in state.items()}
-    m.begin_task(1)
-    i = [0]
-
-    def step() -> None:
-        x, y = data[i[0] % len(data)]
-        m.train_step(x, y, 1, i[0])
-        i[0] += 1
-
-    return step
+    return task_1_steps(m, data)
 
 
 def section_baselines(args: argparse.Namespace) -> None:
