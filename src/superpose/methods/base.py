@@ -79,6 +79,17 @@ def lr_scale(schedule: str, step: int, steps: int) -> float:
     raise ValueError(f"unknown lr schedule {schedule!r}: choose {', '.join(LR_SCHEDULES)}")
 
 
+@torch.no_grad()
+def add_quadratic_penalty_grad(p: nn.Parameter, weight: Tensor, anchor: Tensor,
+                               scale: float) -> Tensor:
+    """For the penalty scale · Σ w (θ − θ*)² (EWC, SI): add its gradient 2 · scale · w (θ − θ*)
+    to ``p.grad`` in place and return Σ w (θ − θ*)² of this tensor (a scalar; unscaled)."""
+    d = p - anchor  # θ − θ*
+    weighted = weight * d  # w (θ − θ*)
+    p.grad.add_(weighted, alpha=2 * scale)
+    return torch.dot(weighted.view(-1), d.view(-1))
+
+
 def set_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
     """Set every parameter group's rate to ``scale`` times its rate when first seen here.
 

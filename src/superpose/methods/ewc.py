@@ -31,7 +31,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..errors import ConfigError
 from . import METHODS
-from .base import Method, MethodContext
+from .base import Method, MethodContext, add_quadratic_penalty_grad
 
 #: Floats of per-sample gradients held at once while computing the Fisher (64 MB).
 CHUNK_FLOATS = 1 << 24
@@ -127,14 +127,12 @@ class EWC(Method):
     @torch.no_grad()
     def before_optimizer_step(self, task: int, step: int) -> None:
         penalty = torch.zeros((), device=self.ctx.device)
+        half_lambda = 0.5 * self.options.ewc_lambda  # λ/2 Σ F (θ − θ*)²
         for n, p in self.model.named_parameters():
             if n not in self.fisher or p.grad is None:
                 continue
-            d = p - self.anchor[n]  # θ − θ*
-            weighted = self.fisher[n] * d  # F (θ − θ*)
-            penalty += torch.dot(weighted.view(-1), d.view(-1))
-            p.grad.add_(weighted, alpha=self.options.ewc_lambda)  # ∂/∂θ of λ/2 Σ F (θ − θ*)²
-        self._penalty = 0.5 * self.options.ewc_lambda * penalty
+            penalty += add_quadratic_penalty_grad(p, self.fisher[n], self.anchor[n], half_lambda)
+        self._penalty = half_lambda * penalty
 
     def fisher_inputs(self, task: int, g: torch.Generator) -> Tensor:
         """``fisher_samples`` training inputs of ``task`` (without replacement), (N, C, H, W)."""

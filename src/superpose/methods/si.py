@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import METHODS
-from .base import Method, MethodContext
+from .base import Method, MethodContext, add_quadratic_penalty_grad
 
 
 @METHODS.register("si")
@@ -85,10 +85,8 @@ class SI(Method):
             if p.grad is None:
                 continue
             self._grad[n] = p.grad.clone()  # ∂L_μ/∂θ: backward saw the task loss only
-            d = p - self.anchor[n]  # θ − θ*
-            weighted = self.importance[n] * d  # Ω (θ − θ*)
-            penalty += torch.dot(weighted.view(-1), d.view(-1))
-            p.grad.add_(weighted, alpha=2 * self.options.si_c)  # + ∂/∂θ of c Σ Ω (θ − θ*)²
+            penalty += add_quadratic_penalty_grad(p, self.importance[n], self.anchor[n],
+                                                  self.options.si_c)  # c Σ Ω (θ − θ*)²
             self._before[n] = p.detach().clone()
         self._penalty = self.options.si_c * penalty
 
