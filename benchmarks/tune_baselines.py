@@ -9,6 +9,10 @@ and never used to choose. ``standard`` (no penalty) is run as a reference row.
 
     python benchmarks/tune_baselines.py --benchmark permuted-mnist --data-dir /work/shared/data \\
         --tasks 4 --steps-per-task 1000 --threads 1
+
+``--config FILE`` takes the protocol from an experiment file instead (its method list and the
+other methods' options are ignored; flags given beside it win), e.g. the full-length search
+``--config configs/zenke_pmnist.yaml --methods ewc --ewc-grid 1e4,3e4 --no-reference``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 
 from superpose import checkpoint, evaluation
-from superpose.config import resolve
+from superpose.config import load_yaml, method_option_specs, options_of, resolve
 from superpose.streams.base import Stream
 from superpose.training import build_method, build_stream, run
 
@@ -56,12 +60,14 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--benchmark", default="permuted-digits")
+    ap.add_argument("--config", default=None,
+                    help="experiment YAML giving the protocol (flags beside it override it)")
+    ap.add_argument("--benchmark", default=None, help="default: permuted-digits")
     ap.add_argument("--methods", default="ewc,si", help="comma list of: ewc, si")
-    ap.add_argument("--tasks", type=int, default=4)
+    ap.add_argument("--tasks", type=int, default=None, help="default: 4")
     ap.add_argument("--steps-per-task", type=int, default=None)
-    ap.add_argument("--validation", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--validation", type=float, default=None, help="default: 0.1")
+    ap.add_argument("--seed", type=int, default=None, help="default: 0")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--ewc-grid", default=GRIDS["ewc"], help="comma list of ewc_lambda values")
     ap.add_argument("--si-grid", default=GRIDS["si"], help="comma list of si_c values")
@@ -73,9 +79,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    common = {"benchmark": args.benchmark, "tasks": args.tasks, "validation": args.validation,
-              "steps_per_task": args.steps_per_task, "seed": args.seed,
-              "data_dir": args.data_dir, "eval_every": 10**9, **parse_sets(args.set)}
+    base = load_yaml(args.config) if args.config else {}
+    base.pop("method", None)  # the methods tuned are --methods
+    defaults = {"benchmark": "permuted-digits", "tasks": 4, "validation": 0.1, "seed": 0}
+    flags = {"benchmark": args.benchmark, "tasks": args.tasks, "validation": args.validation,
+             "steps_per_task": args.steps_per_task, "seed": args.seed, "data_dir": args.data_dir}
+    common = {**defaults, **base, **{k: v for k, v in flags.items() if v is not None},
+              "eval_every": 10**9, **parse_sets(args.set)}
+    if not float(common["validation"]) > 0:
+        raise SystemExit("tuning chooses on a validation split: give --validation > 0 "
+                         f"(the protocol has validation={common['validation']})")
+    tuned_options = set(TUNED.values())
     grids = {"ewc": args.ewc_grid, "si": args.si_grid}
     jobs: list[tuple[str, float | None]] = [] if args.no_reference else [("standard", None)]
     for m in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -89,7 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{'test avg':>8s} {'seconds':>7s}", flush=True)
     for method, value in jobs:
         option = TUNED.get(method)
-        layer = {**common, "method": method, **({option: value} if option else {})}
+        own = options_of(method)  # the file's options for other methods are dropped
+        layer = {k: v for k, v in common.items()
+                 if k not in method_option_specs() or (k in own and k not in tuned_options)}
+        layer = {**layer, "method": method, **({option: value} if option else {})}
         cfg = resolve({k: v for k, v in layer.items() if v is not None})
         folder = root / (f"{method}-{value:g}" if option else method)
         t0 = time.perf_counter()
