@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not float(common["validation"]) > 0:
         raise SystemExit("tuning chooses on a validation split: give --validation > 0 "
                          f"(the protocol has validation={common['validation']})")
-    tuned_options = set(TUNED.values())
+    specs = method_option_specs()
     grids = {"ewc": args.ewc_grid, "si": args.si_grid}
     jobs: list[tuple[str, float | None]] = [] if args.no_reference else [("standard", None)]
     for m in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method, value in jobs:
         option = TUNED.get(method)
         own = options_of(method)  # the file's options for other methods are dropped
-        layer = {k: v for k, v in common.items()
-                 if k not in method_option_specs() or (k in own and k not in tuned_options)}
+        layer = {k: v for k, v in common.items() if k not in specs or k in own}
         layer = {**layer, "method": method, **({option: value} if option else {})}
         cfg = resolve({k: v for k, v in layer.items() if v is not None})
         folder = root / (f"{method}-{value:g}" if option else method)

@@ -1,24 +1,11 @@
 """The PSP reproduction's run plan: which runs exist, and which two experiments share."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_script(name):
-    """A script under benchmarks/ imported as a module (once: its methods register at import)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_script as _load_script
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,17 @@
 """benchmarks/tune_baselines.py: the strength is chosen on validation accuracy, and the protocol
 can come from an experiment file whose other methods' options are ignored."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def tb():
-    name = "tune_baselines"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("tune_baselines")
 
 
 def test_the_chosen_strength_has_the_best_validation_average(tb, tmp_path: Path):
