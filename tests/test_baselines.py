@@ -219,6 +219,39 @@ def test_fisher_of_an_mlp_matches_a_per_example_autograd_loop():
         torch.testing.assert_close(fisher[n], expect[n], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("labels", ["exact", "sample"])
+def test_closed_form_linear_fisher_equals_per_example_gradients(labels):
+    """(w δ²)ᵀ h² per Linear layer is Σ w g² of the per-example gradients (vmap), also with
+    Flatten, eval-mode Dropout, a layer without bias and a frozen layer (which gets no entry)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(7, 6, bias=False), nn.Tanh(), nn.Linear(6, 5))
+    model[1].bias.requires_grad_(False)
+    x = torch.randn(9, 3, 4)
+    fast = diagonal_fisher(model, x, labels, torch.Generator().manual_seed(3), backend="linear")
+    slow = diagonal_fisher(model, x, labels, torch.Generator().manual_seed(3), backend="vmap")
+    assert fast.keys() == slow.keys() and "1.bias" not in fast
+    for n in slow:
+        assert slow[n].abs().sum() > 0
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-5, atol=1e-8)
+    assert model.training  # the train/eval mode is restored
+
+
+def test_fisher_backend_auto_falls_back_to_vmap_where_the_closed_form_does_not_hold():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(4, 1, 4, 4)
+    with pytest.raises(ValueError, match="linear Fisher backend"):
+        diagonal_fisher(conv, x, backend="linear")
+    torch.testing.assert_close(diagonal_fisher(conv, x), diagonal_fisher(conv, x, backend="vmap"))
+    shared = nn.Linear(3, 3)  # one layer called twice: its gradient is a sum of two outer products
+    twice = nn.Sequential(shared, nn.ReLU(), shared)
+    with pytest.raises(ValueError, match="called once"):
+        diagonal_fisher(twice, torch.randn(4, 3))
+    with pytest.raises(ValueError, match="backend"):
+        diagonal_fisher(twice, torch.randn(4, 3), backend="exact")
+
+
 def test_ewc_accumulates_fishers_and_anchors_at_the_last_task():
     m = toy_method(EWC, ToyStream(), fisher_samples=32)
     train(m, 0, 5)
