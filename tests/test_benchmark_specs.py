@@ -417,3 +417,28 @@ def test_zenke_code_differs_from_zenke_in_data_init_and_si_clip_only(rp, tmp_pat
     assert "10 tasks × 4688 steps, 2×2000, adam 0.001, batch 256" in text
     assert "| si | c = 0.1, ξ = 0.1, Ω clipped at 0 | 97.20 ± 0.14 (n=2) |" in text
     assert "| ewc | λ = 10000 | 96.80 ± 0.14 (n=2) |" in text
+
+
+def test_fisher_sampling_error_against_hand_computed_values():
+    fn = _load_script("ewc_fisher_noise")
+    ref = {"1.weight": torch.tensor([[1.0, 3.0], [0.0, 4.0]]), "1.bias": torch.ones(2)}
+    est = {"1.weight": torch.tensor([[2.0, 0.0], [1.0, 4.0]]), "1.bias": torch.zeros(2)}
+    # |2-1| + |0-3| + |1-0| + 0 = 5 over Σ ref = 8; of the 3 entries with ref > 0 one is 0;
+    # Σ est / Σ ref = 7 / 8; biases are left out
+    errors = fn.sampling_error(ref, est)
+    assert list(errors) == ["1.weight"]
+    assert errors["1.weight"] == pytest.approx((5 / 8, 1 / 3, 7 / 8))
+
+
+def test_fisher_noise_script_reads_a_finished_ewc_run(tmp_path, capsys):
+    from superpose.cli import main
+    run = tmp_path / "ewc"
+    assert main(["run", "--benchmark", "permuted-digits", "--method", "ewc", "--tasks", "2",
+                 "--steps-per-task", "20", "--width", "16", "--depth", "2", "--no-progress",
+                 "--out", str(run)]) in (0, None)
+    capsys.readouterr()
+    _load_script("ewc_fisher_noise").main(["--run", str(run), "--samples", "50,100",
+                                           "--repeats", "2", "--reference", "400"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 2 * 3  # the header, then 2 sizes x 3 weight matrices
+    assert rows[1].startswith("| 50 | 0.weight |") or rows[1].startswith("| 50 | 1.weight |")
