@@ -174,7 +174,9 @@ class EWC(Method):
             "help": "EWC strength λ in λ/2 Σ F (θ − θ*)² (choose it on validation data: "
                     "benchmarks/tune_baselines.py)"})
         fisher_samples: int = field(default=200, metadata={
-            "help": "training inputs of a task used to estimate its diagonal Fisher"})
+            "help": "training inputs of a task used to estimate its diagonal Fisher (λ is "
+                    "chosen together with it: on permuted MNIST λ = 1e4 with 200 inputs averages "
+                    "96.83 %, with 10,000 inputs 90.52 %; README)"})
         fisher_labels: str = field(default="exact", metadata={
             "help": "exact: expectation over all classes of p(y|x) (classes times the cost); "
                     "sample: one label y ~ p(y|x) per input"})
