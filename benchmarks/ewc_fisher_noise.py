@@ -1,10 +1,11 @@
 """How many inputs does EWC's diagonal Fisher need? Its sampling error at a trained network.
 
-Loads the network of a finished permuted-MNIST run (``--run``: a run folder with a
-``checkpoint.safetensors``, e.g. an EWC run of ``configs/zenke_pmnist.yaml``), computes the true
-diagonal Fisher (exact expectation over the classes; ``superpose.methods.ewc.diagonal_fisher``) of
-one task's training images from a reference sample of ``--reference`` inputs, and compares it with
-estimates from ``--samples`` disjoint inputs, ``--repeats`` draws each. Per weight layer it prints
+Loads the network of a run (``--run``: a run folder with a checkpoint, e.g. an EWC run of
+``configs/zenke_pmnist.yaml``; the stream and network are rebuilt from its ``config.yaml``),
+computes the true diagonal Fisher (exact expectation over the classes;
+``superpose.methods.ewc.diagonal_fisher``) of one task's training images from a reference
+sample of ``--reference`` inputs, and compares it with estimates from ``--samples`` disjoint
+inputs, ``--repeats`` draws each. Per weight layer it prints
 
 - ``L1 error``: Σ |F_est − F_ref| / Σ F_ref (0: the reference itself; the reference is an
   estimate too, so this is a lower bound on the true error for large samples);
@@ -21,19 +22,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import load_file
 from torch import Tensor
 
-from superpose import models
+from superpose import checkpoint
+from superpose.config import load_yaml, resolve
 from superpose.methods.ewc import diagonal_fisher
-from superpose.streams import STREAMS
+from superpose.training import build_model_factory, build_stream
 
 
 def sampling_error(ref: dict[str, Tensor], est: dict[str, Tensor]
@@ -66,19 +65,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    if cfg.get("model", "mlp") != "mlp":
-        raise SystemExit(f"{run} trained a {cfg['model']}; this script reads MLP runs")
-    stream = STREAMS.create(cfg["benchmark"], tasks=cfg["tasks"], seed=cfg.get("seed", 0),
-                            validation=cfg.get("validation", 0.0), data_dir=args.data_dir,
-                            normalize=cfg.get("normalize", False))
-    net = models.create("mlp", in_features=math.prod(stream.input_shape),
-                        hidden=[cfg["width"]] * cfg["depth"], classes=stream.num_classes,
-                        bias=not cfg.get("no_bias", False))
-    tensors = load_file(run / "checkpoint.safetensors")
-    net.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
-                         if k.startswith("model.")})
-    task = args.task % cfg["tasks"]
+    # the run's own settings, as `superpose run --resume` rebuilds them
+    cfg = resolve(load_yaml(run / "config.yaml"),
+                  {"data_dir": args.data_dir} if args.data_dir else {})
+    stream = build_stream(cfg)
+    net = build_model_factory(cfg, stream)()
+    groups, _ = checkpoint.load(run / checkpoint.CHECKPOINT_NAME)
+    net.load_state_dict(groups["model"])
+    task = args.task % stream.num_tasks
     data = stream.task_data(task, "train")
     sizes = [int(s) for s in args.samples.split(",")]
     need = args.reference + args.repeats * max(sizes)
@@ -100,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             err, zero, mass = zip(*(d[k] for d in draws), strict=True)
             print(f"| {n} | {k} | {sum(err) / len(err):.2f} | {sum(zero) / len(zero):.3f} | "
                   f"{min(mass):.2f}–{max(mass):.2f} |")
+
 
 if __name__ == "__main__":
     main()
