@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from superpose import checkpoint
 from superpose.config import resolve
+from superpose.errors import ConfigError
 from superpose.methods import METHODS, MethodContext
 from superpose.methods.ewc import EWC, diagonal_fisher
 from superpose.methods.joint import Joint
@@ -201,6 +202,11 @@ def test_fisher_of_softmax_regression_matches_the_analytic_expectation():
     many = x.repeat(400, 1)  # (8000, 3)
     sampled = diagonal_fisher(model, many, "sample", torch.Generator().manual_seed(0))
     torch.testing.assert_close(sampled["bias"], v.mean(0), rtol=0.1, atol=0.0)
+    # The released code of SI sums the classes unweighted: Σ_c (δ_ck − p_k)² = 1 − 2 p_k + K p_k².
+    classes = diagonal_fisher(model, x, "classes")
+    u = 1 - 2 * p + 4 * p.pow(2)  # (N, K), K = 4
+    torch.testing.assert_close(classes["weight"], (u.T @ x.pow(2)) / 20, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(classes["bias"], u.mean(0), rtol=1e-5, atol=1e-7)
 
 
 def test_fisher_of_an_mlp_matches_a_per_example_autograd_loop():
@@ -219,7 +225,7 @@ def test_fisher_of_an_mlp_matches_a_per_example_autograd_loop():
         torch.testing.assert_close(fisher[n], expect[n], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("labels", ["exact", "sample"])
+@pytest.mark.parametrize("labels", ["exact", "sample", "classes"])
 def test_closed_form_linear_fisher_equals_per_example_gradients(labels):
     """(w δ²)ᵀ h² per Linear layer is Σ w g² of the per-example gradients (vmap), also with
     Flatten, eval-mode Dropout, a layer without bias and a frozen layer (which gets no entry)."""
@@ -262,6 +268,18 @@ def test_ewc_accumulates_fishers_and_anchors_at_the_last_task():
     for n, p in m.model.named_parameters():
         torch.testing.assert_close(m.fisher[n], f0[n] + f1[n])
         assert torch.equal(m.anchor[n], p.detach())
+
+
+def test_ewc_fisher_over_more_inputs_than_the_task_has_uses_them_all_and_checks_labels():
+    m = toy_method(EWC, ToyStream(), fisher_samples=10**9, fisher_labels="classes")
+    x = m.fisher_inputs(0, torch.Generator().manual_seed(0))
+    assert len(x) == len(m.ctx.stream.task_data(0, "train"))
+    train(m, 0, 3)
+    expect = diagonal_fisher(m.model, x, "classes")  # the order of the inputs does not matter
+    for n, f in m.fisher.items():
+        torch.testing.assert_close(f, expect[n], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="fisher-labels"):
+        toy_method(EWC, ToyStream(), fisher_labels="empirical")
 
 
 # ---- SI ---------------------------------------------------------------------------------------

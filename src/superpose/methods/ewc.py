@@ -14,6 +14,11 @@ The Fisher is the true (not the empirical) Fisher: the expected squared score un
 own predictive distribution, F_i = E_x E_{y ~ p_θ(y|x)} [(∂ log p_θ(y|x) / ∂θ_i)²], averaged over
 ``fisher_samples`` training inputs of the task; the expectation over y is exact (a sum over all
 classes weighted by p_θ(y|x)) or a single label drawn from p_θ(y|x) per input.
+``fisher_labels="classes"`` is the variant of Zenke et al.'s released code (ganguli-lab/pathint,
+``keras_utils.compute_fishers``, the EWC behind their Fig. 4 and so behind the PSP table's
+97.0): the squared scores of every class summed without the weights p_θ(y|x),
+Σ_y (∂ log p_θ(y|x) / ∂θ_i)², averaged over the task's whole training set. It does not vanish on
+confidently classified inputs, so it is larger and denser than the true Fisher and needs its own λ.
 
 The penalty's gradient λ F (θ − θ*) is added in closed form after the backward pass of the task
 loss, so the penalty builds no graph.
@@ -33,6 +38,9 @@ from ..errors import ConfigError
 from . import METHODS
 from .base import Method, MethodContext, add_quadratic_penalty_grad
 
+#: How ``diagonal_fisher`` treats the label (its docstring).
+FISHER_LABELS = ("exact", "sample", "classes")
+
 #: Floats of per-sample gradients held at once while computing the Fisher (64 MB).
 CHUNK_FLOATS = 1 << 24
 
@@ -49,15 +57,17 @@ def diagonal_fisher(model: nn.Module, x: Tensor, labels: str = "exact",
     """Diagonal Fisher of ``model`` at inputs x (N, ...): name -> tensor shaped like the parameter.
 
     ``labels="exact"``: F = 1/N Σ_n Σ_c p(c|x_n) g_nc²; ``"sample"``: F = 1/N Σ_n g_{n,y_n}² with
-    y_n ~ p(·|x_n); g_nc = ∂ log p(c|x_n) / ∂θ is a per-sample gradient.
+    y_n ~ p(·|x_n); ``"classes"``: F = 1/N Σ_n Σ_c g_nc² (unweighted, the authors' code of SI);
+    g_nc = ∂ log p(c|x_n) / ∂θ is a per-sample gradient.
     ``backend``: ``"vmap"`` forms every g_nc (torch.func.vmap; any model); ``"linear"`` uses the
     closed form of a Linear layer, g_nc = δ_nc ⊗ h_n, so Σ_n w_n g_nc² = (w δ_c²)ᵀ h² is one
     matmul per layer and class (models built only of ``ROWWISE_MODULES``; tens of times faster);
     ``"auto"`` picks ``"linear"`` where it applies. The model is evaluated in eval mode; its
     train/eval mode is restored afterwards.
     """
-    if labels not in ("exact", "sample"):
-        raise ValueError(f"fisher labels must be 'exact' or 'sample', got {labels!r}")
+    if labels not in FISHER_LABELS:
+        raise ValueError(f"fisher labels must be one of {', '.join(FISHER_LABELS)}, "
+                         f"got {labels!r}")
     rowwise = all(isinstance(m, ROWWISE_MODULES) for m in model.modules())
     if backend == "auto":
         backend = "linear" if rowwise else "vmap"
@@ -72,10 +82,12 @@ def diagonal_fisher(model: nn.Module, x: Tensor, labels: str = "exact",
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)  # (N, C)
         n, num_classes = probs.shape
-        if labels == "exact":  # every (input, class) pair, weighted by p(class | input)
+        if labels in ("exact", "classes"):  # every (input, class) pair
             rows = torch.arange(n, device=x.device).repeat_interleave(num_classes)  # (N*C,)
             cls = torch.arange(num_classes, device=x.device).repeat(n)  # (N*C,)
-            weight = probs.reshape(-1)  # (N*C,)
+            # weighted by p(class | input), or all alike
+            weight = probs.reshape(-1) if labels == "exact" else torch.ones(n * num_classes,
+                                                                            device=x.device)
         else:  # one label per input drawn from the model's predictive distribution
             cls = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(x.device)
             rows = torch.arange(n, device=x.device)
@@ -174,20 +186,24 @@ class EWC(Method):
             "help": "EWC strength λ in λ/2 Σ F (θ − θ*)² (choose it on validation data: "
                     "benchmarks/tune_baselines.py)"})
         fisher_samples: int = field(default=200, metadata={
-            "help": "training inputs of a task used to estimate its diagonal Fisher (λ is "
+            "help": "training inputs of a task used to estimate its diagonal Fisher (all of "
+                    "them when it exceeds the task's training set; λ is "
                     "chosen together with it: on permuted MNIST λ = 1e4 with 200 inputs averages "
                     "96.83 %, with 10,000 inputs 90.52 %; README)"})
         fisher_labels: str = field(default="exact", metadata={
             "help": "exact: expectation over all classes of p(y|x) (classes times the cost); "
-                    "sample: one label y ~ p(y|x) per input"})
+                    "sample: one label y ~ p(y|x) per input; classes: the squared scores of all "
+                    "classes unweighted, as Zenke et al.'s code (use it with a fisher-samples of "
+                    "the whole training set and its own λ)"})
 
     def __init__(self, ctx: MethodContext, options: Any = None):
         super().__init__(ctx, options)
         opts = self.options
         if opts.fisher_samples <= 0:
             raise ConfigError(f"fisher-samples must be positive, got {opts.fisher_samples}")
-        if opts.fisher_labels not in ("exact", "sample"):
-            raise ConfigError(f"fisher-labels must be exact or sample, got {opts.fisher_labels!r}")
+        if opts.fisher_labels not in FISHER_LABELS:
+            raise ConfigError(f"fisher-labels must be one of {', '.join(FISHER_LABELS)}, "
+                              f"got {opts.fisher_labels!r}")
         if opts.ewc_lambda < 0:
             raise ConfigError(f"ewc-lambda must be >= 0, got {opts.ewc_lambda}")
         self.fisher: dict[str, Tensor] = {}  # name -> Σ_s F_s (empty before the first task ends)
