@@ -1,4 +1,5 @@
 """The PSP reproduction's run plan: which runs exist, and which two experiments share."""
+import math
 from pathlib import Path
 
 import pytest
@@ -442,3 +443,32 @@ def test_fisher_noise_script_reads_a_finished_ewc_run(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 2 * 3  # the header, then 2 sizes x 3 weight matrices
     assert rows[1].startswith("| 50 | 0.weight |") or rows[1].startswith("| 50 | 1.weight |")
+
+
+def test_displacement_by_stiffness_bins_weights_by_decade():
+    fn = _load_script("ewc_adam_stiffness").displacement_by_stiffness
+    delta = {"0.weight": torch.tensor([3.0, 4.0, 1.0, 2.0]), "0.bias": torch.tensor([9.0])}
+    stiff = {"0.weight": torch.tensor([0.5, 2.0, 20.0, 0.01]), "0.bias": torch.tensor([5.0])}
+    # 0.01 is below the first edge: left out; [0.1, 1): 3; [1, 10): 4; [10, inf): 1; no bias
+    bins = fn(delta, stiff, [0.1, 1.0, 10.0])
+    assert bins == [(0.1, pytest.approx(3.0), 1), (1.0, pytest.approx(4.0), 1),
+                    (10.0, pytest.approx(1.0), 1)]
+    empty = fn(delta, stiff, [100.0])
+    assert empty[0][2] == 0 and math.isnan(empty[0][1])
+
+
+def test_adam_stiffness_script_continues_a_finished_ewc_run(tmp_path, capsys):
+    from superpose.cli import main
+    run = tmp_path / "ewc"
+    assert main(["run", "--benchmark", "permuted-digits", "--method", "ewc", "--tasks", "2",
+                 "--steps-per-task", "20", "--width", "16", "--depth", "2", "--no-progress",
+                 "--out", str(run)]) in (0, None)
+    capsys.readouterr()
+    _load_script("ewc_adam_stiffness").main(["--run", str(run), "--steps", "5",
+                                             "--lambdas", "0,1e6", "--edges", "1e-9,1e3"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 2 * 2  # the header, then 2 optimisers x 2 strengths
+    cells = {(r.split("|")[1].strip(), r.split("|")[3].strip()): r.split("|") for r in rows[1:]}
+    # without a penalty nothing is stiff; λ = 1e6 makes the bin K ≥ 1e3 non-empty
+    assert cells[("adam", "0")][5].strip() == "–"
+    assert cells[("sgd", "1e+06")][5].strip() != "–"
