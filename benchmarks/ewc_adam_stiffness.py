@@ -13,8 +13,10 @@ one task more) and trains that unseen task for ``--steps`` steps with the run's 
 does this once for each optimiser (``--optimizers``, each at its ``--lrs`` rate) and each
 strength (``--lambdas``). It prints, per setting:
 
-- the RMS displacement √mean (θ − θ*)² of the hidden and output weights, binned by stiffness
-  K = λ F in decades;
+- the RMS displacement √mean (θ − θ*)² of the weights (not the biases), binned by their Fisher
+  F (``--edges``; the same weights in every row, so a column compares strengths, and within
+  a row the stiffness K = λ F grows to the right); the first bin, below the smallest positive
+  edge, holds the weights the penalty barely protects;
 - the accuracy of the earlier tasks (test, mean over them) before and after, and of the new
   task after.
 
@@ -27,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -45,9 +48,10 @@ from superpose.training import build_model_factory, build_stream
 
 def displacement_by_stiffness(delta: dict[str, Tensor], stiffness: dict[str, Tensor],
                               edges: Sequence[float]) -> list[tuple[float, float, int]]:
-    """RMS of ``delta`` over the weights (``*.weight`` tensors) whose stiffness lies in each
-    bin [edges[j], edges[j+1]) (the last bin is open above): (low edge, RMS, count) per bin;
-    RMS is nan for an empty bin. Weights below the first edge are left out."""
+    """RMS of ``delta`` over the weights (``*.weight`` tensors) whose ``stiffness`` (any
+    per-weight score: λ F or F) lies in each bin [edges[j], edges[j+1]) (the last bin is open
+    above): (low edge, RMS, count) per bin; RMS is nan for an empty bin. Weights below the
+    first edge are left out."""
     d = torch.cat([delta[k].reshape(-1) for k in delta if k.endswith("weight")])
     s = torch.cat([stiffness[k].reshape(-1) for k in delta if k.endswith("weight")])
     out = []
@@ -76,10 +80,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", required=True, help="a finished EWC run folder (config, checkpoint)")
     p.add_argument("--steps", type=int, default=500, help="steps on the new task")
     p.add_argument("--lambdas", default="1e3,1e4,1e5", help="comma list of EWC strengths")
-    p.add_argument("--optimizers", default="adam,sgd", help="comma list of optimisers")
-    p.add_argument("--lrs", default="0.001,0.01", help="their rates, in the same order")
-    p.add_argument("--edges", default="1e-4,1e-3,1e-2,1e-1,1,10,100",
-                   help="low edges of the stiffness bins (λ F)")
+    p.add_argument("--optimizers", default="adam", help="comma list of optimisers")
+    p.add_argument("--lrs", default="0.001", help="their rates, in the same order")
+    p.add_argument("--edges", default="0,1e-9,1e-7,1e-5,1e-3",
+                   help="low edges of the bins of the weights' Fisher F")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -114,10 +118,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     before = sum(accuracy(net, stream, t) for t in old) / len(old)
     print(f"run {run}: {len(old)} tasks learned, their mean test accuracy {100 * before:.2f} %; "
           f"{args.steps} steps on task {new}\n")
-    print("| optimiser | lr | λ | " + " | ".join(f"K ≥ {e:g}" for e in edges)
+    labels = [f"F ≥ {e:g}" if j + 1 == len(edges) else f"{e:g} ≤ F < {edges[j + 1]:g}"
+              for j, e in enumerate(edges)]
+    print("| optimiser | lr | λ | " + " | ".join(labels)
           + " | earlier tasks after (%) | new task (%) | seconds |")
     print("|---|---|---|" + "---|" * len(edges) + "---|---|---|")
-    weights_in_bins = None
+    counts: list[int] = []
     for name, lr in zip(optimizers, lrs, strict=True):
         for lam in (float(v) for v in args.lambdas.split(",")):
             t0 = time.perf_counter()
@@ -125,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             net = factory()
             net.load_state_dict(groups["model"])
             opt = make_optimizer(name, net.parameters(), lr)
-            if name == cfg.optimizer:  # continue the run's own optimiser state
-                opt.load_state_dict(checkpoint.optimizer_state(groups["optim"], header))
+            if name == cfg.optimizer:  # continue the run's own optimiser state, a fresh copy:
+                # load_state_dict keeps the given moment tensors, and the steps change them
+                opt.load_state_dict(copy.deepcopy(
+                    checkpoint.optimizer_state(groups["optim"], header)))
                 for group in opt.param_groups:
                     group["lr"] = lr
             g = torch.Generator().manual_seed(0)
@@ -142,17 +150,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 opt.step()
             params = dict(net.named_parameters())
             delta = {n: (params[n] - anchor[n]).detach() for n in fisher}
-            bins = displacement_by_stiffness(delta, {n: lam * f for n, f in fisher.items()},
-                                             edges)
+            bins = displacement_by_stiffness(delta, fisher, edges)
             after = sum(accuracy(net, stream, t) for t in old) / len(old)
             cells = " | ".join(f"{rms:.1e}" if n else "–" for _, rms, n in bins)
             print(f"| {name} | {lr:g} | {lam:g} | {cells} | {100 * after:.2f} | "
                   f"{100 * accuracy(net, stream, new):.2f} | {time.perf_counter() - t0:.0f} |")
-            weights_in_bins = [(lam, [n for _, _, n in bins])] + (weights_in_bins or [])
-    print("\nweights in each bin (RMS displacement of θ − θ* above):")
-    for lam, counts in sorted(dict(weights_in_bins).items()):
-        print(f"  λ = {lam:g}: " + ", ".join(f"K ≥ {e:g}: {c}" for e, c in
-                                             zip(edges, counts, strict=True)))
+            counts = [n for _, _, n in bins]
+    print("\nweights in each bin (the cells above are the RMS of θ − θ* over them): "
+          + ", ".join(f"{lab}: {c}" for lab, c in zip(labels, counts, strict=True)))
 
 
 if __name__ == "__main__":

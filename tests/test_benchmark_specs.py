@@ -464,11 +464,20 @@ def test_adam_stiffness_script_continues_a_finished_ewc_run(tmp_path, capsys):
                  "--steps-per-task", "20", "--width", "16", "--depth", "2", "--no-progress",
                  "--out", str(run)]) in (0, None)
     capsys.readouterr()
-    _load_script("ewc_adam_stiffness").main(["--run", str(run), "--steps", "5",
-                                             "--lambdas", "0,1e6", "--edges", "1e-9,1e3"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    _load_script("ewc_adam_stiffness").main([
+        "--run", str(run), "--steps", "5", "--lambdas", "0,1e4", "--optimizers", "adam,sgd",
+        "--lrs", "0.001,0.01", "--edges", "0,1e-12,1e12"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 2 * 2  # the header, then 2 optimisers x 2 strengths
     cells = {(r.split("|")[1].strip(), r.split("|")[3].strip()): r.split("|") for r in rows[1:]}
-    # without a penalty nothing is stiff; λ = 1e6 makes the bin K ≥ 1e3 non-empty
-    assert cells[("adam", "0")][5].strip() == "–"
-    assert cells[("sgd", "1e+06")][5].strip() != "–"
+    # no weight has F ≥ 1e12: that bin is empty; every trained weight moved with λ = 0
+    assert all(c[6].strip() == "–" for c in cells.values())
+    assert float(cells[("adam", "0")][5]) > 0
+    assert "1e-12 ≤ F < 1e+12: " in out
+    # every setting starts from the run's own state: the same setting twice gives the same row
+    _load_script("ewc_adam_stiffness").main(["--run", str(run), "--steps", "5",
+                                             "--lambdas", "1e4,1e4"])
+    twice = [r.rsplit("|", 2)[0] for r in capsys.readouterr().out.splitlines()
+             if r.startswith("| adam")]
+    assert len(twice) == 2 and twice[0] == twice[1]
