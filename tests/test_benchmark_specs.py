@@ -431,13 +431,19 @@ def test_fisher_sampling_error_against_hand_computed_values():
     assert errors["1.weight"] == pytest.approx((5 / 8, 1 / 3, 7 / 8))
 
 
-def test_fisher_noise_script_reads_a_finished_ewc_run(tmp_path, capsys):
+def tiny_ewc_run(tmp_path: Path, capsys) -> Path:
+    """A finished 2-task EWC run on the bundled digits (folder), its output swallowed."""
     from superpose.cli import main
     run = tmp_path / "ewc"
     assert main(["run", "--benchmark", "permuted-digits", "--method", "ewc", "--tasks", "2",
                  "--steps-per-task", "20", "--width", "16", "--depth", "2", "--no-progress",
                  "--out", str(run)]) in (0, None)
     capsys.readouterr()
+    return run
+
+
+def test_fisher_noise_script_reads_a_finished_ewc_run(tmp_path, capsys):
+    run = tiny_ewc_run(tmp_path, capsys)
     _load_script("ewc_fisher_noise").main(["--run", str(run), "--samples", "50,100",
                                            "--repeats", "2", "--reference", "400"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
@@ -458,12 +464,7 @@ def test_displacement_by_stiffness_bins_weights_by_decade():
 
 
 def test_adam_stiffness_script_continues_a_finished_ewc_run(tmp_path, capsys):
-    from superpose.cli import main
-    run = tmp_path / "ewc"
-    assert main(["run", "--benchmark", "permuted-digits", "--method", "ewc", "--tasks", "2",
-                 "--steps-per-task", "20", "--width", "16", "--depth", "2", "--no-progress",
-                 "--out", str(run)]) in (0, None)
-    capsys.readouterr()
+    run = tiny_ewc_run(tmp_path, capsys)
     _load_script("ewc_adam_stiffness").main([
         "--run", str(run), "--steps", "5", "--lambdas", "0,1e4", "--optimizers", "adam,sgd",
         "--lrs", "0.001,0.01", "--edges", "0,1e-12,1e12"])
