@@ -15,8 +15,9 @@ own predictive distribution, F_i = E_x E_{y ~ p_θ(y|x)} [(∂ log p_θ(y|x) / �
 ``fisher_samples`` training inputs of the task; the expectation over y is exact (a sum over all
 classes weighted by p_θ(y|x)) or a single label drawn from p_θ(y|x) per input.
 ``fisher_labels="classes"`` is the variant of Zenke et al.'s released code (ganguli-lab/pathint,
-``keras_utils.compute_fishers``, the EWC behind their Fig. 4 and so behind the PSP table's
-97.0): the squared scores of every class summed without the weights p_θ(y|x),
+``keras_utils.compute_fishers`` for its ``FISHER_PROTOCOL``; their Fig. 4 is the source of the
+PSP table's EWC 97.0, though the released notebook does not say which protocol made it): the
+squared scores of every class summed without the weights p_θ(y|x),
 Σ_y (∂ log p_θ(y|x) / ∂θ_i)², averaged over the task's whole training set. It does not vanish on
 confidently classified inputs, so it is larger and denser than the true Fisher and needs its own λ.
 
