@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -127,14 +126,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, lr in zip(optimizers, lrs, strict=True):
         for lam in (float(v) for v in args.lambdas.split(",")):
             t0 = time.perf_counter()
-            torch.manual_seed(0)
             net = factory()
             net.load_state_dict(groups["model"])
             opt = make_optimizer(name, net.parameters(), lr)
             if name == cfg.optimizer:  # continue the run's own optimiser state, a fresh copy:
                 # load_state_dict keeps the given moment tensors, and the steps change them
-                opt.load_state_dict(copy.deepcopy(
-                    checkpoint.optimizer_state(groups["optim"], header)))
+                checkpoint.restore_optimizer(
+                    opt, {k: v.clone() for k, v in groups["optim"].items()}, header)
                 for group in opt.param_groups:
                     group["lr"] = lr
             g = torch.Generator().manual_seed(0)
