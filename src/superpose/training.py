@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
-from tqdm import tqdm
 
 from . import checkpoint, evaluation, extend, models, streams
 from .config import RESUME_OVERRIDES, RunConfig, build_options
 from .errors import CheckpointError, ConfigError
 from .methods import METHODS, Method, MethodContext
 from .methods.base import lr_scale, set_lr_scale
+from .progress import Bar, make_progress
 from .runs import PROGRESS_NAME
 from .streams.base import Stream
 
@@ -355,8 +355,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
         start = time.perf_counter() - state.wall_seconds
-        bar = tqdm(total=self.steps_total, initial=state.global_step, disable=not self.progress,
-                   desc=cfg.method, unit="step", dynamic_ncols=True, leave=False)
+        bar = make_progress(self.steps_total, state.global_step, cfg.method,
+                            enabled=self.progress)
         with deferred_stop_signals() as stop:
             try:
                 self._loop(bar, start, stop)
@@ -370,7 +370,7 @@ class Trainer:
         self.folder.write_summary(summary)
         return summary
 
-    def _loop(self, bar: tqdm, start: float, stop: dict[str, Any]) -> None:
+    def _loop(self, bar: Bar, start: float, stop: dict[str, Any]) -> None:
         cfg, state, method, stream = self.cfg, self.state, self.method, self.stream
         loss_sum, loss_n = 0.0, 0
         while state.segment < len(self.segments):
@@ -460,7 +460,7 @@ class Trainer:
         return Interrupted(f"interrupted at step {self.state.global_step}; checkpoint written. "
                            f"{self._resume_hint()}", signum)
 
-    def _evaluate_boundary(self, bar: tqdm) -> None:
+    def _evaluate_boundary(self, bar: Bar) -> None:
         """A row of the accuracy matrix: every task seen so far, on its test set (with
         ``boundary_eval: sparse``, before the last boundary only task 0 and the task just
         trained; the others stay None)."""
