@@ -94,6 +94,19 @@ def test_list_names_everything(capsys):
         assert name in out
 
 
+def test_version_names_the_package_and_torch(capsys):
+    import torch
+
+    import superpose
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"superpose {superpose.__version__} (torch ")
+    assert torch.__version__ in line
+
+
 @pytest.mark.parametrize("args, message", [
     (["--benchmark", "permuted-mnst"], "unknown benchmark 'permuted-mnst'"),
     (["--method", "ewk"], "unknown method 'ewk'"),

@@ -99,11 +99,26 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+def version_line() -> str:
+    """``superpose 0.1.0 (torch 2.13.0, python 3.12.3)``, without importing torch."""
+    from importlib import metadata
+
+    from . import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"superpose {__version__} (torch {torch_version}, python {python})"
+
+
 def parser() -> Parser:
     p = Parser(
         prog="superpose",
         description="Continual learning by storing many models in one set of parameters "
                     "(parameter superposition, neural pruning, and their baselines).")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a method on a task stream and write a run folder")
     add_run_arguments(run)
