@@ -12,7 +12,7 @@ from superpose import models, plots_clnp, pruning
 from superpose.config import resolve
 from superpose.errors import ConfigError
 from superpose.methods.base import MethodContext
-from superpose.methods.clnp import Clnp
+from superpose.methods.clnp import Clnp, task_line
 from superpose.streams.base import Split, Stream
 from superpose.training import run
 
@@ -392,11 +392,27 @@ def test_depletion_note_names_each_layer_once_at_its_first_depletion():
     assert plots_clnp.depletion_note([{"depleted": []}]) == ""
 
 
+def test_task_line_reports_what_pruning_kept():
+    record = {"task": 3, "val_unpruned": 0.978, "val_pruned": 0.97375, "finetune_steps": 1055,
+              "layers": [{"name": "dense 1", "units": 2000, "used": 511, "new": 125,
+                          "theta": 0.06049},
+                         {"name": "dense 2", "units": 2000, "used": 333, "new": 70,
+                          "theta": 0.7081}]}
+    assert task_line(record) == (
+        "clnp: task 3 kept dense 1 +125 (511/2000 used, θ 0.0605), dense 2 +70 (333/2000 "
+        "used, θ 0.708); validation 97.80 % -> 97.38 % (pruned); fine-tuned 1055 steps")
+    record["finetune_steps"] = 0
+    assert task_line(record).endswith("(pruned)")
+
+
 def test_end_to_end_on_permuted_digits(tmp_path, caplog):
     cfg = resolve({"benchmark": "permuted-digits", "method": "clnp", "tasks": 3,
                    "steps_per_task": 100, "width": 48, "eval_every": 100, "validation": 0.1,
                    "lr": 0.01, "l1": [1e-3], "margin": 0.02})
-    summary = run(cfg, tmp_path, progress=False)
+    lines = []
+    summary = run(cfg, tmp_path, progress=False, log=lines.append)
+    kept = [x for x in lines if x.startswith("clnp: task ")]  # one line per task, in order
+    assert [x.split()[2] for x in kept] == ["0", "1", "2"]
     with open(tmp_path / "accuracy_matrix.csv") as f:
         rows = list(csv.reader(f))[1:]
     for j in range(3):  # the row is written after pruning: columns constant below the diagonal
