@@ -107,3 +107,14 @@ def _is_terminal(file: TextIO) -> bool:
         return bool(file.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def clear_of_bars(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` that lifts any tqdm bar off the terminal while it writes (a method's own lines,
+    such as CLNP's, come while the training bar is drawn)."""
+
+    def write(line: str) -> None:
+        with tqdm.external_write_mode():
+            log(line)
+
+    return write

@@ -31,7 +31,7 @@ from .config import RESUME_OVERRIDES, RunConfig, build_options
 from .errors import CheckpointError, ConfigError
 from .methods import METHODS, Method, MethodContext
 from .methods.base import lr_scale, set_lr_scale
-from .progress import Bar, make_progress
+from .progress import Bar, clear_of_bars, make_progress
 from .runs import PROGRESS_NAME
 from .streams.base import Stream
 
@@ -228,7 +228,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # batch sampling
         self.stream = build_stream(cfg)
         try:
-            self.method = build_method(cfg, self.stream, log)
+            self.method = build_method(cfg, self.stream, clear_of_bars(log))
         except ConfigError:
             raise
         except ValueError as e:  # sizes that do not fit (a model too small for the images)
