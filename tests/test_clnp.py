@@ -375,6 +375,17 @@ def test_options_are_checked():
         make(l1=[1e-5, 1e-5])
     with pytest.raises(ConfigError, match="margin"):
         make(margin=-0.1)
+    with pytest.raises(ConfigError, match="prunes every unit"):
+        make(margin=2.0)
+
+
+def test_a_margin_that_looks_like_a_percentage_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="superpose.methods.clnp"):
+        make(margin=0.05)
+    assert "percentage" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="superpose.methods.clnp"):
+        make(margin=0.5)
+    assert "up to 50 points" in caplog.text and "percentage" in caplog.text
     with pytest.raises(ConfigError, match="theta-order"):
         make(theta_order="middle")
     with pytest.raises(ConfigError, match="train-path"):

@@ -50,6 +50,9 @@ PHASES = ("frozen", "train", "finetune")
 #: before the next task (one seed of the 10-task run kept 1 of 2000 second-layer units free
 #: and its last task, trained in that unit alone, tested at 19 %).
 LOW_FREE_FRACTION = 0.01
+#: A margin above this (10 points of accuracy) is warned about: likely a percentage given
+#: where a fraction is meant (``--margin 0.5`` for the paper's 0.5 %).
+MARGIN_WARN = 0.1
 #: cache the validation activations of one layer during a threshold scan up to this size
 SCAN_CACHE_BYTES = 1 << 30
 #: ``train_path="auto"`` computes a hidden layer row-sparse while a task trains once at most this
@@ -1102,8 +1105,13 @@ def _check_options(o: Any) -> None:
         raise ConfigError(f"head must be single or multi, got {o.head!r}")
     if not o.l1 or any(a < 0 for a in o.l1):
         raise ConfigError(f"l1 needs non-negative coefficients, got {o.l1}")
-    if o.margin < 0:
-        raise ConfigError(f"margin must be >= 0 (a fraction, 0.0005 = 0.05 %), got {o.margin}")
+    if not 0 <= o.margin < 1:
+        raise ConfigError(f"margin must be a fraction in [0, 1) (0.0005 = 0.05 %; a margin of 1 "
+                          f"accepts any accuracy and prunes every unit), got {o.margin}")
+    if o.margin > MARGIN_WARN:
+        LOG.warning("clnp: margin %g lets pruning cost up to %g points of validation accuracy "
+                    "(the paper's margins are 0.0005-0.04, i.e. 0.05-4 %%); was a percentage "
+                    "meant?", o.margin, 100 * o.margin)
     if o.train_path not in TRAIN_PATHS:
         raise ConfigError(f"train-path must be one of {', '.join(TRAIN_PATHS)}, got "
                           f"{o.train_path!r}")
