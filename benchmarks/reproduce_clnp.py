@@ -14,7 +14,7 @@ resumed, so the script can be stopped and started again):
     single-ft-s{seed}  with --set finetune_epochs=N instead: task 1 with no L1, a zero margin
                      and the same fine-tuning
     grid             --grid: the graceful-forgetting grid on task 1 (lr x L1 scale)
-    fit              --fit-tasks N: seed 0's run continued to N tasks, to see where the last
+    fit              --fit-tasks N: the first seed's run continued to N tasks, to see where the last
                      hidden layer depletes (a fresh run if --fit-epochs differs)
 
 It checks zero forgetting exactly (every accuracy-matrix column constant below the diagonal, and
@@ -132,6 +132,13 @@ def method_options(cfg: Any) -> dict[str, Any]:
     return {**asdict(METHODS.get("clnp").Options()), **cfg.options}
 
 
+def seeds_text(seed_ids: list[int]) -> str:
+    """``seed 3`` or ``seeds 3–4`` (consecutive seeds)."""
+    if len(seed_ids) == 1:
+        return f"seed {seed_ids[0]}"
+    return f"seeds {seed_ids[0]}–{seed_ids[-1]}"
+
+
 def mean_std(values: list[float], scale: float = 100.0) -> str:
     if not values:
         return "–"
@@ -145,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 short tasks, 1 seed: the pipeline")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds are FIRST..FIRST+SEEDS-1 (more seeds for runs made before)")
     ap.add_argument("--epochs", type=float, default=20.0, help="epochs per task")
     ap.add_argument("--single-tasks", type=int, default=1,
                     help="tasks of the single-task reference per seed (default 1: every "
@@ -172,6 +181,9 @@ def main() -> None:
     out = Path(args.out + ("-quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     seeds = 1 if args.quick else args.seeds
+    if args.first_seed < 0 or seeds < 1:
+        ap.error("--first-seed must be >= 0 and --seeds >= 1")
+    seed_ids = [args.first_seed + i for i in range(seeds)]
     proto = dict(PROTOCOL)
     if args.quick:
         proto.update(tasks=2, theta_steps=20)
@@ -220,7 +232,7 @@ def main() -> None:
     single_tasks = args.single_tasks
     clnp_only = options_of("clnp") - options_of("single-task")
     single_over = {k: v for k, v in proto.items() if k not in clnp_only}
-    todo = [(f"clnp-s{s}", {**proto, "seed": s}) for s in range(seeds)]
+    todo = [(f"clnp-s{s}", {**proto, "seed": s}) for s in seed_ids]
     finetuned = float(proto_cfg.options.get("finetune_epochs", 0.0)) > 0
     if finetuned:
         # CLNP + FT: the reference gets the same fine-tuning. One network (CLNP on task 1)
@@ -229,10 +241,10 @@ def main() -> None:
         single_tasks = 1
         todo += [(f"single-ft-s{s}", {**proto, "seed": s, "tasks": 1,
                                       "l1": [0.0] * len(proto["l1"]), "margin": 0.0})
-                 for s in range(seeds)]
+                 for s in seed_ids]
     else:
         todo += [(f"single-s{s}", {**single_over, "method": "single-task", "seed": s,
-                                   "tasks": single_tasks}) for s in range(seeds)]
+                                   "tasks": single_tasks}) for s in seed_ids]
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             done = pool.starmap(run_one, [(n, o, out, args.threads, args.data_dir)
@@ -241,25 +253,27 @@ def main() -> None:
     else:
         for name, over in todo:
             go(name, over)
-    clnp = [summaries[f"clnp-s{s}"] for s in range(seeds)]
-    single = [summaries[f"single{'-ft' if finetuned else ''}-s{s}"] for s in range(seeds)]
+    clnp = [summaries[f"clnp-s{s}"] for s in seed_ids]
+    single = [summaries[f"single{'-ft' if finetuned else ''}-s{s}"] for s in seed_ids]
     fit = None
     if args.fit_tasks:
         fit_epochs = args.fit_epochs or args.epochs
         fit_steps = 150 if args.quick else steps_for(fit_epochs)
         continued = fit_steps == steps and args.fit_tasks > proto["tasks"]
         if continued and not (out / "fit").exists():
-            # Seed 0's run goes on to --fit-tasks (superpose run --resume DIR --tasks N) on a
-            # copy of its folder: its first tasks are not trained twice.
-            shutil.copytree(out / "clnp-s0", out / "fit", ignore=shutil.ignore_patterns(
+            # The first seed's run goes on to --fit-tasks (superpose run --resume DIR --tasks N)
+            # on a copy of its folder: its first tasks are not trained twice.
+            shutil.copytree(out / f"clnp-s{seed_ids[0]}", out / "fit", ignore=shutil.ignore_patterns(
                 "summary.json", "progress.json", "*.png"))
-        fit = go("fit", {**proto, "tasks": args.fit_tasks, "steps_per_task": fit_steps,
+        fit = go("fit", {**proto, "seed": seed_ids[0], "tasks": args.fit_tasks,
+                         "steps_per_task": fit_steps,
                          "eval_every": fit_steps})
 
     # ---- checks and numbers ------------------------------------------------------------------
     from superpose import plots_clnp
 
-    checks = [forgetting_check(out / f"clnp-s{s}", clnp[s]) for s in range(seeds)]
+    checks = [forgetting_check(out / f"clnp-s{s}", summary)
+              for s, summary in zip(seed_ids, clnp, strict=True)]
     max_change = max(c for c, _ in checks)
     identical = all(same for _, same in checks)
     used = np.array([[f[-1] for f in s["capacity"]["used_fraction"]] for s in clnp])  # (S, L)
@@ -276,11 +290,12 @@ def main() -> None:
         trained_ok = [a for a in fit["final_accuracy"] if a is not None]
         measured = (f"{events[0]['task']} tasks fit" if events else
                     f"not depleted after {args.fit_tasks} tasks")
-        fit_text += (f"; measured{' (seed 0 continued)' if continued else ''}: {measured}, "
+        fit_text += (f"; measured{f' (seed {seed_ids[0]} continued)' if continued else ''}: "
+                     f"{measured}, "
                      f"average accuracy over the "
                      f"{len(trained_ok)} tasks {100 * np.mean(trained_ok):.2f} % "
                      f"({fit_steps} steps per task)")
-    plot = plots_clnp.capacity_figure([out / f"clnp-s{s}" for s in range(seeds)],
+    plot = plots_clnp.capacity_figure([out / f"clnp-s{s}" for s in seed_ids],
                                       out / "clnp_capacity.png",
                                       "CLNP capacity, permuted MNIST (Fig. 3)")
     avg = [s["average_accuracy"] for s in clnp]
@@ -307,7 +322,7 @@ def main() -> None:
         f"{', '.join(f'{a:g}' for a in opts['l1'])}, margin {100 * opts['margin']:g} %, "
         f"{proto['steps_per_task']} steps (≈ {epochs:.1f} epochs) per task"
         f"{finetune_text(proto_cfg)}, 10 % of the training "
-        f"images held out for the threshold scan, seeds 0–{seeds - 1}; "
+        f"images held out for the threshold scan, {seeds_text(seed_ids)}; "
         f"{np.mean([c['train_steps_per_second'] for c in clnp]):.2f} training steps/s. "
         f"Capacity figure: `{plot.name}`. The rows below are means over the seeds.", ""]
     per_task = np.array([s["capacity"]["used_fraction"] for s in clnp]).mean(axis=0)  # (L, T)

@@ -300,6 +300,8 @@ def test_reproduce_clnp_settings_and_its_protocol_line():
     ft = resolve({**rc.PROTOCOL, "finetune_epochs": "5", "finetune_lr": "2e-4"})
     assert rc.finetune_text(ft) == ", then 5 epochs of fine-tuning at lr 0.0002"
     assert rc.method_options(ft)["l1"] == [1e-7, 1e-5, 1e-6]
+    assert rc.seeds_text([0]) == "seed 0"
+    assert rc.seeds_text([3, 4]) == "seeds 3–4"
 
 
 def test_crosstalk_closed_forms_match_the_context_draws():
