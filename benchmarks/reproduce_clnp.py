@@ -263,8 +263,9 @@ def main() -> None:
         if continued and not (out / "fit").exists():
             # The first seed's run goes on to --fit-tasks (superpose run --resume DIR --tasks N)
             # on a copy of its folder: its first tasks are not trained twice.
-            shutil.copytree(out / f"clnp-s{seed_ids[0]}", out / "fit", ignore=shutil.ignore_patterns(
-                "summary.json", "progress.json", "*.png"))
+            shutil.copytree(out / f"clnp-s{seed_ids[0]}", out / "fit",
+                            ignore=shutil.ignore_patterns("summary.json", "progress.json",
+                                                          "*.png"))
         fit = go("fit", {**proto, "seed": seed_ids[0], "tasks": args.fit_tasks,
                          "steps_per_task": fit_steps,
                          "eval_every": fit_steps})
