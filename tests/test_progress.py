@@ -88,3 +88,15 @@ def test_a_run_into_a_log_writes_no_carriage_returns(tmp_path, capsys):
     assert "[standard] after task 0:" in captured.out
     assert "[standard] after task 1:" in captured.out
     assert captured.err.rstrip().splitlines()[-1].startswith("standard: step 12/12 (100.0 %)")
+
+
+def test_time_left_at_the_pace_so_far():
+    from superpose.report import time_left
+
+    # 1,000 of 4,000 steps in 600 s: 3,000 more at 0.6 s each
+    assert time_left(1000, 4000, 600.0, "unfinished") == "30:00"
+    assert time_left(12657, 42190, 1576.0, "unfinished") == "1:01:17"
+    for done in [(4000, 4000, 600.0, "unfinished"), (1000, 4000, 600.0, "finished"),
+                 (0, 4000, 1.0, "unfinished"), (None, 4000, 1.0, "unfinished"),
+                 (10, None, 1.0, "unfinished"), (10, 4000, None, "unfinished")]:
+        assert time_left(*done) == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .progress import format_seconds
 from .runs import Run, RunStatus, fmt_pct
 
 
@@ -35,8 +36,8 @@ def status_table(statuses: Sequence[RunStatus]) -> str:
     (mean of its last row; mean of its diagonal, each task right after its own training; the
     newest task) and, for CLNP, how many units of each hidden layer are used."""
     head = ("| run | method | state | step | tasks trained | avg acc so far % "
-            "| right after training % | newest task % | wall s | layers used |")
-    lines = [head, "|" + "---|" * 10]
+            "| right after training % | newest task % | wall s | left (est.) | layers used |")
+    lines = [head, "|" + "---|" * 11]
     for st in statuses:
         total = f" / {st.steps_total}" if st.steps_total else ""
         step = f"{st.step}{total}" if st.step is not None else ""
@@ -46,8 +47,18 @@ def status_table(statuses: Sequence[RunStatus]) -> str:
         lines.append(
             f"| {st.path.name} | {st.method} | {st.state} | {step} | {len(st.matrix)}"
             f" | {fmt_pct(_mean(last))} | {fmt_pct(_mean(diag))}"
-            f" | {fmt_pct(diag[-1] if diag else None)} | {wall} | {_layers_used(st.summary)} |")
+            f" | {fmt_pct(diag[-1] if diag else None)} | {wall}"
+            f" | {time_left(st.step, st.steps_total, st.wall_seconds, st.state)}"
+            f" | {_layers_used(st.summary)} |")
     return "\n".join(lines)
+
+
+def time_left(step: int | None, total: int | None, wall: float | None, state: str) -> str:
+    """The time an unfinished run still needs at the pace it has kept so far (wall time per
+    step, evaluations and CLNP's pruning included), e.g. ``1:02:05``; blank where unknown."""
+    if state == "finished" or not step or not total or not wall or step >= total:
+        return ""
+    return format_seconds(wall * (total - step) / step)
 
 
 def _mean(values: Sequence[float]) -> float | None:
