@@ -320,8 +320,8 @@ def test_grid_search_keeps_the_sparsest_within_margin():
     # progress: a header, then one line per candidate as it finishes, with its accuracy
     assert lines[0] == ("clnp: grid on task 0: 4 candidates (lr [0.01, 0.002] x L1 scale "
                         "[1.0, 3.0]), 30 steps each")
-    assert len(lines) == 5
-    for i, (line, g) in enumerate(zip(lines[1:], grid, strict=True)):
+    assert len(lines) == 6 and lines[-1].startswith("clnp: task 0 kept dense 1 +")  # then pruning
+    for i, (line, g) in enumerate(zip(lines[1:5], grid, strict=True)):
         assert line.startswith(f"clnp: grid candidate {i + 1}/4 (lr {g['lr']:g}, L1 scale "
                                f"{g['l1_scale']:g}): validation "
                                f"{100 * g['val_unpruned']:.2f} % before pruning (")
@@ -331,7 +331,9 @@ def test_grid_search_keeps_the_sparsest_within_margin():
     ok = [g for g in grid if g["sparsity"] is not None]
     assert chosen["sparsity"] == max(g["sparsity"] for g in ok)
     train(m, 1)  # the grid runs on the first task only
-    assert len(m.summary()["clnp_grid"]) == 4 and len(lines) == 5
+    assert len(m.summary()["clnp_grid"]) == 4
+    assert len([x for x in lines if x.startswith("clnp: grid")]) == 5
+    assert lines[-1].startswith("clnp: task 1 kept ")
 
 
 def test_checkpoint_state_round_trip_with_a_grown_layer():
