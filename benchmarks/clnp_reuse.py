@@ -28,6 +28,8 @@ the paper leaves open makes its later tasks grow fewer first-layer units.
     python benchmarks/clnp_reuse.py --quick --data-dir ../shared/data    # 150 steps per task
     python benchmarks/clnp_reuse.py --epochs 20 --variants keep-adam,no-reinit \
         --data-dir ../shared/data
+    python benchmarks/clnp_reuse.py --config configs/clnp_pmnist_ft.yaml --epochs 20 \
+        --variants no-new-dense1 --data-dir ../shared/data    # the CLNP + FT recipe
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ class ClnpNoReinit(Clnp):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(CONFIG),
+                    help="the CLNP protocol (default: the paper's, configs/clnp_pmnist.yaml; "
+                         "configs/clnp_pmnist_ft.yaml for CLNP + fine-tuning)")
     ap.add_argument("--epochs", type=float, default=10.0, help="epochs per task")
     ap.add_argument("--quick", action="store_true", help="150 steps per task")
     ap.add_argument("--seed", type=int, default=0)
@@ -127,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         over["data_dir"] = args.data_dir
     print(f"# CLNP first-layer reuse: 2 permuted-MNIST tasks x {steps} steps "
-          f"({'quick' if args.quick else f'{args.epochs:g} epochs'}), seed {args.seed}\n",
-          flush=True)
+          f"({'quick' if args.quick else f'{args.epochs:g} epochs'}), seed {args.seed}, "
+          f"{Path(args.config).name}\n", flush=True)
     rows = []
     for label, method in (VARIANTS[v] for v in chosen):
-        cfg = resolve(load_yaml(CONFIG), {**over, "method": method})
+        cfg = resolve(load_yaml(args.config), {**over, "method": method})
         t0 = time.time()
         s = training.run(cfg, Path(args.out) / method, progress=False, log=lambda m: None)
         cap = s["capacity"]
