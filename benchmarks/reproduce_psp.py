@@ -35,6 +35,11 @@ TABLE_CONFIGS = {"table": ("psp_table.yaml", "table"),
                  "table-wide": ("psp_table_wide.yaml", "tablew"),
                  "table-best": ("psp_table_best.yaml", "tableb"),
                  "table-norm": ("psp_table_norm.yaml", "tablen")}
+#: Fig. 3's experiments: the authors' settings with fixed or learned contexts, and fixed
+#: contexts on the table-norm protocol (configs/psp_fig3_norm.yaml).
+FIG3_LABELS = {"fig3": "fixed contexts", "fig3-learned": "learned contexts",
+               "fig3-norm": "fixed contexts, Glorot init, standardised pixels, RMSprop cosine "
+                            "from 1.5e-4"}
 PAPER_TABLE = {"ewc": 97.0, "si": 97.2, "standard": 61.8, "psp-binary": 97.6,
                "psp-complex": 97.4, "psp-onepower": 97.2}
 #: The table's EWC and SI numbers are Zenke et al.'s (their Fig. 4: 10 tasks, 2x2000, Adam,
@@ -89,6 +94,11 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
         for s in range(seeds):
             for m in FIG3_METHODS:
                 add("fig3", "psp_fig3_types.yaml", fig3_name(m, s), method=m, seed=s, **short_pm)
+    if "fig3-norm" in which:  # Fig. 3 on the table-norm protocol (Glorot, standardised, cosine)
+        for s in range(seeds):
+            for m in FIG3_METHODS:
+                add("fig3-norm", "psp_fig3_norm.yaml", f"fig3n-{m}-s{s}", method=m, seed=s,
+                    **short_pm)
     if "fig3-learned" in which:
         for s in range(seeds):
             for m in FIG3_METHODS[1:]:
@@ -337,13 +347,13 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         plots.first_task_curve([load_run(out / r["name"]) for r in by_exp["fig2-norm"]],
                                out / "fig2_norm.png",
                                "Fig. 2 at 2048 units, standardised pixels: task 0 (every seed)")
-    for exp in ("fig3", "fig3-learned"):
+    for exp in FIG3_LABELS:
         if exp not in by_exp:
             continue
         fig3 = by_exp[exp]
-        kind = "learned" if exp == "fig3-learned" else "fixed"
+        kind = FIG3_LABELS[exp]
         lines += [f"### Fig. 3 left: task-0 accuracy (%) after all tasks, 256 units, {kind} "
-                  f"contexts ({results[fig3[0]['name']]['tasks']} tasks; mean ± std over "
+                  f"({results[fig3[0]['name']]['tasks']} tasks; mean ± std over "
                   "seeds)", "", "| method | after task 0 | final |", "|---|---|---|"]
         after: dict[str, list[float]] = {}
         final: dict[str, list[float]] = {}
@@ -358,7 +368,7 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         plots.first_task_curve([load_run(out / r["name"]) for r in fig3
                                 if r["overrides"].get("seed", 0) == 0],
                                out / f"{exp.replace('-', '_')}_types.png",
-                               f"Fig. 3: context types (256 units, {kind} contexts)")
+                               f"Fig. 3: context types (256 units, {kind})")
     rot = by_exp.get("fig4", []) + by_exp.get("fig5", [])
     if rot:
         lines += ["### Fig. 4b / 5: rotating Fashion-MNIST, accuracy (%) at 0° over the last "
@@ -382,10 +392,11 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="fig2,fig3,fig3-learned,table,table-wide,zenke,fig4,fig5",
-                    help="comma list of fig2, fig2-norm, fig3, fig3-learned, table, table-wide, "
-                         "table-best, table-norm, zenke, zenke-code, fig4, fig5 (fig2-norm, "
-                         "table-best, table-norm (2×2048) and zenke-code are not in the "
-                         "default list: 1-3 h per run on one CPU thread)")
+                    help="comma list of fig2, fig2-norm, fig3, fig3-learned, fig3-norm, table, "
+                         "table-wide, table-best, table-norm, zenke, zenke-code, fig4, fig5 "
+                         "(fig2-norm, fig3-norm, table-best, table-norm (2×2048) and zenke-code "
+                         "are not in the default list: fig3-norm is new, the others take "
+                         "1-3 h per run on one CPU thread)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs to check the pipeline")
     ap.add_argument("--out", default="runs/reproduce-psp")

@@ -112,6 +112,26 @@ def test_the_normalised_table_protocol_differs_from_the_best_in_pixels_and_rate_
         assert ca.to_dict() == cb.to_dict()
 
 
+def test_fig3_norm_is_fig3_on_the_table_norm_protocol(rp):
+    """fig3-norm runs Fig. 3's methods at Fig. 3's size (2x256, eval every 100 steps) with the
+    table-norm protocol's init, pixels and rate schedule, under run names of its own."""
+    from superpose.config import resolve
+
+    fig3 = rp.specs(["fig3"], seeds=2, quick=False)
+    norm = rp.specs(["fig3-norm"], seeds=2, quick=False)
+    table = resolve(yaml.safe_load((rp.CONFIGS / "psp_table_norm.yaml").read_text()), {})
+    assert not {r["name"] for r in norm} & {r["name"] for r in fig3}
+    assert "fig3n-psp-rotation-s1" in {r["name"] for r in norm}
+    for a, b in zip(fig3, norm, strict=True):
+        assert a["overrides"] == b["overrides"]
+        ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
+        cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
+        for key in ("init", "normalize", "lr", "lr_schedule", "optimizer"):
+            assert getattr(cb, key) == getattr(table, key), key
+            setattr(cb, key, getattr(ca, key))
+        assert ca.to_dict() == cb.to_dict()
+
+
 def test_mean_std_formats_percent_with_sample_std(rp):
     assert rp.mean_std([0.9, 0.92, 0.94]) == "92.00 ± 2.00 (n=3)"
     assert rp.mean_std([0.9]) == "90.00 (n=1)"
