@@ -3,9 +3,9 @@
 EWC's penalty λ/2 Σ F (θ − θ*)² pulls weight i back with the stiffness K_i = λ F_i. Under plain
 gradient descent a stiffer weight moves less, about g_i / K_i for a steady task gradient g_i.
 Adam divides each coordinate's step by the root of its own squared gradients, and the
-penalty's gradient K_i (θ_i − θ*_i) is part of them. The hypothesis of the README's EWC
-sections is that Adam therefore moves every stiff weight by about its step size, whatever K.
-That would explain why a stronger or fuller penalty forgot more there.
+penalty's gradient K_i (θ_i − θ*_i) is part of them. The hypothesis of the EWC sections of
+docs/results/psp-notes.md is that Adam therefore moves every stiff weight by about its step
+size, whatever K. That would explain why a stronger or fuller penalty forgot more there.
 
 This script measures it. It loads a finished EWC run (``--run``: its network, its accumulated
 Fisher F, its anchor θ* and its Adam state; the stream is rebuilt from its ``config.yaml`` with

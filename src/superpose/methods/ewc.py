@@ -190,7 +190,7 @@ class EWC(Method):
             "help": "training inputs of a task used to estimate its diagonal Fisher (all of "
                     "them when it exceeds the task's training set; λ is "
                     "chosen together with it: on permuted MNIST λ = 1e4 with 200 inputs averages "
-                    "96.83 %, with 10,000 inputs 90.52 %; README)"})
+                    "96.83 %, with 10,000 inputs 90.52 %; docs/results/psp-notes.md)"})
         fisher_labels: str = field(default="exact", metadata={
             "help": "exact: expectation over all classes of p(y|x) (classes times the cost); "
                     "sample: one label y ~ p(y|x) per input; classes: the squared scores of all "
