@@ -39,7 +39,9 @@ TABLE_CONFIGS = {"table": ("psp_table.yaml", "table"),
 #: contexts on the table-norm protocol (configs/psp_fig3_norm.yaml).
 FIG3_LABELS = {"fig3": "fixed contexts", "fig3-learned": "learned contexts",
                "fig3-norm": "fixed contexts, Glorot init, standardised pixels, RMSprop cosine "
-                            "from 1.5e-4"}
+                            "from 1.5e-4",
+               "fig3-norm-learned": "learned contexts, Glorot init, standardised pixels, RMSprop "
+                                    "cosine from 1.5e-4"}
 PAPER_TABLE = {"ewc": 97.0, "si": 97.2, "standard": 61.8, "psp-binary": 97.6,
                "psp-complex": 97.4, "psp-onepower": 97.2}
 #: The table's EWC and SI numbers are Zenke et al.'s (their Fig. 4: 10 tasks, 2x2000, Adam,
@@ -99,6 +101,11 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
             for m in FIG3_METHODS:
                 add("fig3-norm", "psp_fig3_norm.yaml", f"fig3n-{m}-s{s}", method=m, seed=s,
                     **short_pm)
+    if "fig3-norm-learned" in which:  # the same with every PSP type's contexts trained
+        for s in range(seeds):
+            for m in FIG3_METHODS[1:]:
+                add("fig3-norm-learned", "psp_fig3_norm.yaml", f"fig3n-{m}-learned-s{s}",
+                    method=m, seed=s, learn_context=True, **short_pm)
     if "fig3-learned" in which:
         for s in range(seeds):
             for m in FIG3_METHODS[1:]:
@@ -392,11 +399,11 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="fig2,fig3,fig3-learned,table,table-wide,zenke,fig4,fig5",
-                    help="comma list of fig2, fig2-norm, fig3, fig3-learned, fig3-norm, table, "
-                         "table-wide, table-best, table-norm, zenke, zenke-code, fig4, fig5 "
-                         "(fig2-norm, fig3-norm, table-best, table-norm (2×2048) and zenke-code "
-                         "are not in the default list: fig3-norm is new, the others take "
-                         "1-3 h per run on one CPU thread)")
+                    help="comma list of fig2, fig2-norm, fig3, fig3-learned, fig3-norm, "
+                         "fig3-norm-learned, table, table-wide, table-best, table-norm, zenke, "
+                         "zenke-code, fig4, fig5 (not in the default list: fig3-norm and "
+                         "fig3-norm-learned, newer; fig2-norm, table-best, table-norm (2×2048) "
+                         "and zenke-code, 1-3 h per run on one CPU thread)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs to check the pipeline")
     ap.add_argument("--out", default="runs/reproduce-psp")

@@ -130,6 +130,13 @@ def test_fig3_norm_is_fig3_on_the_table_norm_protocol(rp):
             assert getattr(cb, key) == getattr(table, key), key
             setattr(cb, key, getattr(ca, key))
         assert ca.to_dict() == cb.to_dict()
+    learned = rp.specs(["fig3-norm-learned"], seeds=2, quick=False)
+    fixed = {r["name"]: r for r in norm}
+    assert len(learned) == 2 * 4  # every PSP type, not standard
+    for r in learned:
+        twin = fixed[r["name"].replace("-learned", "")]
+        assert r["overrides"] == {**twin["overrides"], "learn_context": True}
+        assert r["config"] == twin["config"]
 
 
 def test_mean_std_formats_percent_with_sample_std(rp):
