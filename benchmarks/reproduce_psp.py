@@ -375,7 +375,8 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         plots.first_task_curve([load_run(out / r["name"]) for r in fig3
                                 if r["overrides"].get("seed", 0) == 0],
                                out / f"{exp.replace('-', '_')}_types.png",
-                               f"Fig. 3: context types (256 units, {kind})")
+                               f"Fig. 3: context types (256 units, {kind.split(', ')[0]}"
+                               + (", table-norm protocol)" if "norm" in exp else ")"))
     rot = by_exp.get("fig4", []) + by_exp.get("fig5", [])
     if rot:
         lines += ["### Fig. 4b / 5: rotating Fashion-MNIST, accuracy (%) at 0° over the last "
