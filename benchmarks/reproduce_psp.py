@@ -35,13 +35,13 @@ TABLE_CONFIGS = {"table": ("psp_table.yaml", "table"),
                  "table-wide": ("psp_table_wide.yaml", "tablew"),
                  "table-best": ("psp_table_best.yaml", "tableb"),
                  "table-norm": ("psp_table_norm.yaml", "tablen")}
-#: Fig. 3's experiments: the authors' settings with fixed or learned contexts, and fixed
-#: contexts on the table-norm protocol (configs/psp_fig3_norm.yaml).
-FIG3_LABELS = {"fig3": "fixed contexts", "fig3-learned": "learned contexts",
-               "fig3-norm": "fixed contexts, Glorot init, standardised pixels, RMSprop cosine "
-                            "from 1.5e-4",
-               "fig3-norm-learned": "learned contexts, Glorot init, standardised pixels, RMSprop "
-                                    "cosine from 1.5e-4"}
+#: Fig. 3's experiments: experiment -> (contexts, protocol when not the authors' raw settings:
+#: the long form for the table header, the short one for the plot title). The norm protocol is
+#: the table-norm one at 256 units (configs/psp_fig3_norm.yaml).
+NORM = ("Glorot init, standardised pixels, RMSprop cosine from 1.5e-4", "table-norm protocol")
+FIG3_LABELS = {"fig3": ("fixed contexts", None), "fig3-learned": ("learned contexts", None),
+               "fig3-norm": ("fixed contexts", NORM),
+               "fig3-norm-learned": ("learned contexts", NORM)}
 PAPER_TABLE = {"ewc": 97.0, "si": 97.2, "standard": 61.8, "psp-binary": 97.6,
                "psp-complex": 97.4, "psp-onepower": 97.2}
 #: The table's EWC and SI numbers are Zenke et al.'s (their Fig. 4: 10 tasks, 2x2000, Adam,
@@ -96,16 +96,14 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
         for s in range(seeds):
             for m in FIG3_METHODS:
                 add("fig3", "psp_fig3_types.yaml", fig3_name(m, s), method=m, seed=s, **short_pm)
-    if "fig3-norm" in which:  # Fig. 3 on the table-norm protocol (Glorot, standardised, cosine)
+    # Fig. 3 on the table-norm protocol (Glorot, standardised, cosine), fixed and learned contexts
+    for exp, learned in (("fig3-norm", False), ("fig3-norm-learned", True)):
+        if exp not in which:
+            continue
         for s in range(seeds):
-            for m in FIG3_METHODS:
-                add("fig3-norm", "psp_fig3_norm.yaml", f"fig3n-{m}-s{s}", method=m, seed=s,
-                    **short_pm)
-    if "fig3-norm-learned" in which:  # the same with every PSP type's contexts trained
-        for s in range(seeds):
-            for m in FIG3_METHODS[1:]:
-                add("fig3-norm-learned", "psp_fig3_norm.yaml", f"fig3n-{m}-learned-s{s}",
-                    method=m, seed=s, learn_context=True, **short_pm)
+            for m in FIG3_METHODS[1:] if learned else FIG3_METHODS:
+                add(exp, "psp_fig3_norm.yaml", f"fig3n-{m}{'-learned' * learned}-s{s}",
+                    method=m, seed=s, **({"learn_context": True} if learned else {}), **short_pm)
     if "fig3-learned" in which:
         for s in range(seeds):
             for m in FIG3_METHODS[1:]:
@@ -358,7 +356,8 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         if exp not in by_exp:
             continue
         fig3 = by_exp[exp]
-        kind = FIG3_LABELS[exp]
+        contexts, protocol = FIG3_LABELS[exp]
+        kind = f"{contexts}, {protocol[0]}" if protocol else contexts
         lines += [f"### Fig. 3 left: task-0 accuracy (%) after all tasks, 256 units, {kind} "
                   f"({results[fig3[0]['name']]['tasks']} tasks; mean ± std over "
                   "seeds)", "", "| method | after task 0 | final |", "|---|---|---|"]
@@ -375,8 +374,8 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         plots.first_task_curve([load_run(out / r["name"]) for r in fig3
                                 if r["overrides"].get("seed", 0) == 0],
                                out / f"{exp.replace('-', '_')}_types.png",
-                               f"Fig. 3: context types (256 units, {kind.split(', ')[0]}"
-                               + (", table-norm protocol)" if "norm" in exp else ")"))
+                               f"Fig. 3: context types (256 units, {contexts}"
+                               + (f", {protocol[1]})" if protocol else ")"))
     rot = by_exp.get("fig4", []) + by_exp.get("fig5", [])
     if rot:
         lines += ["### Fig. 4b / 5: rotating Fashion-MNIST, accuracy (%) at 0° over the last "
