@@ -47,6 +47,16 @@ def validation_accuracies(cfg: Any, stream: Stream, folder: Path) -> list[float]
             for t in range(stream.num_tasks)]
 
 
+def grid_edge(values: list[float], best: float) -> str | None:
+    """``"lowest"`` or ``"highest"`` when ``best`` is an end of a grid of two or more values (the
+    optimum may lie beyond it: extend the grid), else None."""
+    if len(set(values)) < 2:
+        return None
+    if best == min(values):
+        return "lowest"
+    return "highest" if best == max(values) else None
+
+
 def parse_sets(items: list[str]) -> dict[str, str]:
     """``["lr=0.001", "width=512"]`` -> ``{"lr": "0.001", "width": "512"}``."""
     out = {}
@@ -124,9 +134,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mine = [r for r in rows if r["method"] == method]
         if mine:
             best = max(mine, key=lambda r: r["val_average"])
-            chosen[method] = {option: best["value"], "val_average": best["val_average"]}
+            edge = grid_edge([r["value"] for r in mine], best["value"])
+            chosen[method] = {option: best["value"], "val_average": best["val_average"],
+                              "grid_edge": edge}
             print(f"chosen {method}: {option} = {best['value']:g} "
                   f"(validation average {best['val_average']:.4f})")
+            if edge:
+                print(f"note: {best['value']:g} is the {edge} value of the {method} grid; the best "
+                      f"may lie beyond it: extend --{method}-grid")
     result = {"settings": common, "rows": rows, "chosen": chosen}
     (root / "tune_baselines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"runs and tune_baselines.json in {root}")

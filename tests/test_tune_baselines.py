@@ -34,6 +34,8 @@ def test_the_chosen_strength_has_the_best_validation_average(tb, tmp_path: Path)
         assert len(r["val"]) == 2 and r["val_average"] == pytest.approx(sum(r["val"]) / 2)
     best = max(rows[1:], key=lambda r: r["val_average"])
     assert result["chosen"]["ewc"]["ewc_lambda"] == best["value"]
+    # a two-value grid: whichever wins is at an edge, and the result says which
+    assert result["chosen"]["ewc"]["grid_edge"] == ("lowest" if best["value"] == 0 else "highest")
     # λ = 0 is standard training with the same seed: the same validation accuracies
     assert rows[1]["val"] == pytest.approx(rows[0]["val"], abs=1e-6)
     saved = json.loads((tmp_path / "runs" / "tune_baselines.json").read_text())
@@ -43,3 +45,10 @@ def test_the_chosen_strength_has_the_best_validation_average(tb, tmp_path: Path)
 def test_a_protocol_without_a_validation_split_is_refused(tb, tmp_path: Path):
     with pytest.raises(SystemExit, match="validation"):
         tb.main(["--validation", "0", "--methods", "si", "--out", str(tmp_path)])
+
+
+def test_grid_edge_names_the_end_the_choice_sits_at(tb):
+    assert tb.grid_edge([10, 100, 1000], 1000) == "highest"
+    assert tb.grid_edge([1000, 10, 100], 10) == "lowest"  # not the order given
+    assert tb.grid_edge([10, 100, 1000], 100) is None
+    assert tb.grid_edge([5.0], 5.0) is None  # one value: nothing to extend against
