@@ -511,3 +511,31 @@ def test_adam_stiffness_script_continues_a_finished_ewc_run(tmp_path, capsys):
     twice = [r.rsplit("|", 2)[0] for r in capsys.readouterr().out.splitlines()
              if r.startswith("| adam")]
     assert len(twice) == 2 and twice[0] == twice[1]
+
+
+def test_zenke_cosine_differs_from_zenke_in_the_rate_schedule_only(rp, tmp_path):
+    """zenke-cosine is the zenke protocol with a cosine within every task, for SI and EWC at
+    the zenke strengths; its report heading says so."""
+    from superpose.config import resolve
+
+    zenke = {r["overrides"]["method"]: r for r in rp.specs(["zenke"], seeds=1, quick=False)}
+    cos = rp.specs(["zenke-cosine"], seeds=2, quick=False)
+    assert [r["name"] for r in cos] == ["zenke-cos-si-s0", "zenke-cos-ewc-s0", "zenke-cos-si-s1",
+                                        "zenke-cos-ewc-s1"]
+    for r in cos:
+        a = zenke[r["overrides"]["method"]]
+        ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
+        cb = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
+        assert (ca.lr_schedule, cb.lr_schedule) == ("constant", "cosine")
+        cb.lr_schedule, cb.seed = ca.lr_schedule, ca.seed
+        assert ca.to_dict() == cb.to_dict()
+    results = {}
+    for r in cos[:2]:
+        (tmp_path / r["name"]).mkdir()
+        cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
+        (tmp_path / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        results[r["name"]] = {"average_accuracy": 0.97, "backward_transfer": -0.01,
+                              "tasks": 10, "steps": 42190}
+    text = rp.report(results, cos[:2], tmp_path)
+    assert "the baselines on Zenke et al.'s protocol (the rate decaying along a cosine" in text
+    assert "| si | c = 0.1, ξ = 0.1 | 97.00 (n=1) |" in text
