@@ -283,15 +283,22 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
                  f"init {cfg.get('init', 'torch')}"
                  + (", standardised pixels" if cfg.get("normalize") else ""))
         lines += [f"### Fig. 3 table: average accuracy over the last 10 of the tasks ({proto}) (%)",
-                  "", "| method | contexts | ours (mean ± std over seeds) | paper |",
+                  "", "| method | contexts or strength | ours (mean ± std over seeds) | paper |",
                   "|---|---|---|---|"]
         groups: dict[tuple[str, str], list[float]] = {}
         for r in by_exp[exp]:
-            key = (r["overrides"]["method"],
-                   "learned" if r["overrides"].get("learn_context") else "fixed")
-            groups.setdefault(key, []).append(results[r["name"]]["average_last10"])
+            m = r["overrides"]["method"]
+            as_run = out / r["name"] / "config.yaml"  # the strength the run had, else the spec's
+            run_cfg = (load_yaml(as_run) if as_run.is_file()
+                       else {**load_yaml(CONFIGS / config), **r["overrides"]})
+            if m in ("ewc", "si"):
+                kind = (f"λ = {float(run_cfg['ewc_lambda']):g}" if m == "ewc"
+                        else f"c = {float(run_cfg['si_c']):g}")
+            else:
+                kind = "learned" if r["overrides"].get("learn_context") else "fixed"
+            groups.setdefault((m, kind), []).append(results[r["name"]]["average_last10"])
         for (m, kind), vals in groups.items():
-            ctx = kind if m.startswith("psp") else "–"
+            ctx = kind if m.startswith("psp") or m in ("ewc", "si") else "–"
             lines.append(f"| {m} | {ctx} | {mean_std(vals)} | {PAPER_TABLE.get(m, '–')} |")
         lines.append("")
     for exp in ("zenke", "zenke-code", "zenke-cosine"):

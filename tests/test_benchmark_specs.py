@@ -414,6 +414,22 @@ def test_width_reruns_the_table_protocol_at_another_width_under_its_own_names(rp
     assert "(2×1024, rmsprop 0.00015" in text
 
 
+def test_the_table_report_states_each_baselines_strength_as_run(rp, tmp_path):
+    """EWC's and SI's rows name the strength they ran with: the run's own config.yaml when the
+    folder has one (a --si-c given on the command line), else the experiment's config."""
+    runs = [r for r in rp.specs(["table-norm"], seeds=1, quick=False)
+            if r["overrides"]["method"] in ("ewc", "si")]
+    assert {r["overrides"]["method"] for r in runs} == {"ewc", "si"}
+    results = {r["name"]: {"average_last10": 0.95} for r in runs}
+    text = rp.report(results, runs, tmp_path)  # no run folders: the config's 100 and 10
+    assert "| ewc | λ = 100 | 95.00 (n=1) | 97.0 |" in text
+    assert "| si | c = 10 | 95.00 (n=1) | 97.2 |" in text
+    si = next(r for r in runs if r["overrides"]["method"] == "si")
+    (tmp_path / si["name"]).mkdir()
+    (tmp_path / si["name"] / "config.yaml").write_text("method: si\nsi_c: 3.0\n")
+    assert "| si | c = 3 | 95.00 (n=1) | 97.2 |" in rp.report(results, runs, tmp_path)
+
+
 def test_zenke_code_differs_from_zenke_in_data_init_and_si_clip_only(rp, tmp_path):
     """zenke-code is the zenke protocol as the authors' code ran it: the whole training set
     (20 epochs of 60,000 images at batch 256 = 4688 steps), Glorot init and SI's clipped Ω;
