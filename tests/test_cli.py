@@ -61,6 +61,10 @@ def test_run_writes_the_run_folder(tmp_path, capsys):
                                                                    abs=0.006)
     assert float(cell["task 0 final %"]) == pytest.approx(100 * summary["final_accuracy"][0],
                                                           abs=0.006)
+    # the last (here: all 3) tasks right after their own training: the matrix's diagonal
+    diagonal = [float(rows[1 + i][1 + i]) for i in range(3)]
+    assert float(cell["last-10 after training %"]) == pytest.approx(100 * sum(diagonal) / 3,
+                                                                    abs=0.006)
     code, stdout, _ = run_cli(["plot", str(out), "--out", str(tmp_path / "figs")], capsys)
     assert code == 0 and (tmp_path / "figs" / "final_accuracy.png").is_file()
 

@@ -37,6 +37,18 @@ def test_learning_accuracies_are_the_diagonal():
     assert ev.learning_accuracies(A) == [0.90, 0.80, 0.95]
 
 
+def test_learned_last_k_is_the_end_of_the_diagonal():
+    assert ev.learned_last_k(A, 2) == pytest.approx((0.80 + 0.95) / 2)
+    assert ev.learned_last_k(A, 10) == pytest.approx((0.90 + 0.80 + 0.95) / 3)
+    # what the later tasks took from the last 2: (0.75 + 0.95) / 2 - (0.80 + 0.95) / 2
+    assert ev.average_last_k(A, 2) - ev.learned_last_k(A, 2) == pytest.approx(-0.025)
+    with pytest.raises(ValueError):
+        ev.learned_last_k(A, 0)
+    partial = [A[0] + [NAN] * 3, A[1] + [NAN] * 3]  # two tasks trained of five
+    assert ev.learned_last_k(partial, 10) == pytest.approx((0.90 + 0.80) / 2)
+    assert math.isnan(ev.learned_last_k([[NAN]], 1))
+
+
 def test_backward_transfer_by_hand():
     # ((0.60 - 0.90) + (0.75 - 0.80)) / 2 = -0.175
     assert ev.backward_transfer(A) == pytest.approx(-0.175)

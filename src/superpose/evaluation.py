@@ -54,6 +54,17 @@ def learning_accuracies(matrix: Matrix) -> list[float]:
     return [float(a[i, i]) for i in range(min(a.shape))]
 
 
+def learned_last_k(matrix: Matrix, k: int = 10) -> float:
+    """Mean accuracy of the last ``k`` trained tasks right after their own training (the last
+    ``k`` entries of the diagonal): ``average_last_k`` minus this is what the tasks after them
+    took away (PSP Fig. 3 table: learning vs forgetting of the last 10 of 50)."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    diag = np.array(learning_accuracies(matrix))
+    seen = diag[~np.isnan(diag)]
+    return float(np.mean(seen[-k:])) if seen.size else math.nan
+
+
 def backward_transfer(matrix: Matrix) -> float:
     """BWT (Lopez-Paz & Ranzato 2017): mean over j < T-1 of A[T-1, j] - A[j, j].
 
