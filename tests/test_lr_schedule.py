@@ -33,6 +33,23 @@ def test_cosine_scale_by_hand():
         lr_scale("linear", 0, steps)
 
 
+def test_warmup_cosine_scale_by_hand():
+    """A linear rise over the first tenth of the task, (step + 1) / w, then the cosine over
+    the rest: 20 steps warm up for 2, and the cosine runs over the other 18."""
+    steps = 20
+    assert [lr_scale("warmup-cosine", s, steps) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_scale("warmup-cosine", 2, steps) == 1.0  # the cosine's first step
+    assert lr_scale("warmup-cosine", 11, steps) == pytest.approx(0.5, abs=1e-15)  # 9 of 18
+    assert lr_scale("warmup-cosine", 5, steps) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 3 / 18)))
+    tail = [lr_scale("warmup-cosine", s, steps) for s in range(2, steps)]
+    assert all(a > b for a, b in zip(tail[:-1], tail[1:], strict=True)) and 0 < tail[-1] < 0.05
+    # short tasks: at least one warm-up step; a one-step task trains at the full rate
+    assert lr_scale("warmup-cosine", 0, 4) == 1.0 and lr_scale("warmup-cosine", 1, 4) == 1.0
+    assert lr_scale("warmup-cosine", 0, 1) == 1.0
+    assert lr_scale("warmup-cosine", 0, 1000) == pytest.approx(0.01)
+
+
 def record_rates(monkeypatch):
     """Record the rate of the optimiser's first group at every training step."""
     real_step = Method.train_step
@@ -47,7 +64,7 @@ def record_rates(monkeypatch):
     return rates
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup-cosine"])
 def test_loop_sets_the_rate_at_every_step_and_restarts_it_per_task(tmp_path, monkeypatch,
                                                                    schedule):
     rates = record_rates(monkeypatch)

@@ -39,8 +39,10 @@ HELP = {
     "normalize": "permuted-* benchmarks: standardise pixels with the training set's mean and "
                  "standard deviation, (x - 0.1307) / 0.3081 on MNIST, as the PSP authors' code did",
     "lr": "learning rate",
-    "lr_schedule": "learning rate within each task: constant (the papers'), or cosine (from "
-                   "--lr down to 0 over the task's steps, restarting at every task)",
+    "lr_schedule": "learning rate within each task: constant (the papers'), cosine (from "
+                   "--lr down to 0 over the task's steps, restarting at every task), or "
+                   "warmup-cosine (a linear rise over the first tenth of each task, then the "
+                   "cosine)",
     "optimizer": "adam, rmsprop or sgd",
     "seed": "random seed (data order, init, permutations, contexts)",
     "device": "cpu, cuda, cuda:N",

@@ -42,7 +42,7 @@ class RunConfig:
     no_bias: bool = False  # mlp without biases (a PSP bias is shared by every task, unprotected)
     normalize: bool = False  # permuting streams: standardise pixels by the training set's mean/std
     lr: float | None = None
-    lr_schedule: str = "constant"  # within each task: constant, or cosine from lr down to 0
+    lr_schedule: str = "constant"  # within each task: constant, cosine (lr to 0), warmup-cosine
     optimizer: str | None = None
     seed: int = 0
     device: str = "cpu"

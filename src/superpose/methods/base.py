@@ -62,7 +62,9 @@ def make_optimizer(name: str, params: Iterator[nn.Parameter] | list, lr: float
 
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "warmup-cosine")
+#: warmup-cosine: the share of each task's steps spent warming up
+WARMUP_SHARE = 0.1
 
 
 def lr_scale(schedule: str, step: int, steps: int) -> float:
@@ -70,12 +72,22 @@ def lr_scale(schedule: str, step: int, steps: int) -> float:
 
     ``constant``: 1 (both papers). ``cosine``: 0.5 (1 + cos(pi step / steps)), from 1 at a
     task's first step down towards 0 at its last, restarting at every task (a per-task
-    version of Loshchilov & Hutter's SGDR; not in either paper).
+    version of Loshchilov & Hutter's SGDR; not in either paper). ``warmup-cosine``: a linear
+    rise (step + 1) / w over the first w = max(1, round(0.1 steps)) steps, then the cosine
+    over the remaining steps. Adam kept across tasks ends a task with second moments of the
+    small gradients of a learned task; the new task's gradients then take steps of several
+    times the rate for a few hundred steps (m / sqrt(v) up to about 6 with β = 0.9 / 0.999),
+    which the warm-up keeps small.
     """
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    if schedule == "warmup-cosine":
+        w = min(steps, max(1, round(WARMUP_SHARE * steps)))
+        if step < w:
+            return (step + 1) / w
+        return 0.5 * (1.0 + math.cos(math.pi * (step - w) / max(1, steps - w)))
     raise ValueError(f"unknown lr schedule {schedule!r}: choose {', '.join(LR_SCHEDULES)}")
 
 
