@@ -76,8 +76,9 @@ def lr_scale(schedule: str, step: int, steps: int) -> float:
     rise (step + 1) / w over the first w = max(1, round(0.1 steps)) steps, then the cosine
     over the remaining steps. Adam kept across tasks ends a task with second moments of the
     small gradients of a learned task; the new task's gradients then take steps of several
-    times the rate for a few hundred steps (m / sqrt(v) up to about 6 with β = 0.9 / 0.999),
-    which the warm-up keeps small.
+    times the rate for a few hundred steps (with β = 0.9 / 0.999 and the old v negligible,
+    m / sqrt(v) = (1 − 0.9ⁿ) / sqrt(1 − 0.999ⁿ) after n steps: 6.6 at n = 12, 3.2 at 100,
+    2.0 at 300), which the warm-up keeps small.
     """
     if schedule == "constant":
         return 1.0
