@@ -559,3 +559,28 @@ def test_zenke_cosine_differs_from_zenke_in_the_rate_schedule_only(rp, tmp_path)
     text = rp.report(results, cos[:2], tmp_path)
     assert "the baselines on Zenke et al.'s protocol (the rate decaying along a cosine" in text
     assert "| si | c = 0.1, ξ = 0.1 | 97.00 (n=1) |" in text
+
+
+def test_zenke_warmup_is_zenke_cosine_with_a_warmup(rp, tmp_path):
+    """zenke-warmup runs the zenke-cosine runs with the warm-up schedule, under run names of
+    its own (zenke-wcos-<method>-s<seed>), and its report heading names the warm-up."""
+    from superpose.config import resolve
+
+    cos = rp.specs(["zenke-cosine"], seeds=2, quick=False)
+    warm = rp.specs(["zenke-warmup"], seeds=2, quick=False)
+    assert [r["name"] for r in warm] == [r["name"].replace("-cos-", "-wcos-") for r in cos]
+    for a, b in zip(cos, warm, strict=True):
+        ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
+        cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
+        assert (ca.lr_schedule, cb.lr_schedule) == ("cosine", "warmup-cosine")
+        cb.lr_schedule = ca.lr_schedule
+        assert ca.to_dict() == cb.to_dict()
+    r = warm[1]
+    (tmp_path / r["name"]).mkdir()
+    cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
+    (tmp_path / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    results = {r["name"]: {"average_accuracy": 0.97, "backward_transfer": -0.01, "tasks": 10,
+                           "steps": 42190}}
+    text = rp.report(results, [r], tmp_path)
+    assert "(the rate rising linearly over the first tenth of every task, then decaying" in text
+    assert "| ewc | λ = 10000.0 | 97.00 (n=1) |" in text
