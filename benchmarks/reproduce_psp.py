@@ -294,18 +294,19 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
         groups: dict[tuple[str, str], list[float]] = {}
         for r in by_exp[exp]:
             m = r["overrides"]["method"]
-            as_run = out / r["name"] / "config.yaml"  # the strength the run had, else the spec's
-            run_cfg = (load_yaml(as_run) if as_run.is_file()
-                       else {**load_yaml(CONFIGS / config), **r["overrides"]})
-            if m in ("ewc", "si"):
+            if m in ("ewc", "si"):  # the strength the run had (its config.yaml), else the spec's
+                as_run = out / r["name"] / "config.yaml"
+                run_cfg = (load_yaml(as_run) if as_run.is_file()
+                           else {**load_yaml(CONFIGS / config), **r["overrides"]})
                 kind = (f"λ = {float(run_cfg['ewc_lambda']):g}" if m == "ewc"
                         else f"c = {float(run_cfg['si_c']):g}")
-            else:
+            elif m.startswith("psp"):
                 kind = "learned" if r["overrides"].get("learn_context") else "fixed"
+            else:
+                kind = "–"
             groups.setdefault((m, kind), []).append(results[r["name"]]["average_last10"])
         for (m, kind), vals in groups.items():
-            ctx = kind if m.startswith("psp") or m in ("ewc", "si") else "–"
-            lines.append(f"| {m} | {ctx} | {mean_std(vals)} | {PAPER_TABLE.get(m, '–')} |")
+            lines.append(f"| {m} | {kind} | {mean_std(vals)} | {PAPER_TABLE.get(m, '–')} |")
         lines.append("")
     for exp in ("zenke", "zenke-code", *ZENKE_SCHEDULES):
         if exp not in by_exp:

@@ -86,9 +86,7 @@ def lr_scale(schedule: str, step: int, steps: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * step / steps))
     if schedule == "warmup-cosine":
         w = min(steps, max(1, round(WARMUP_SHARE * steps)))
-        if step < w:
-            return (step + 1) / w
-        return 0.5 * (1.0 + math.cos(math.pi * (step - w) / max(1, steps - w)))
+        return (step + 1) / w if step < w else lr_scale("cosine", step - w, max(1, steps - w))
     raise ValueError(f"unknown lr schedule {schedule!r}: choose {', '.join(LR_SCHEDULES)}")
 
 
