@@ -44,6 +44,9 @@ HELP = {
                    "warmup-cosine (a linear rise over the first tenth of each task, then the "
                    "cosine)",
     "optimizer": "adam, rmsprop or sgd",
+    "reset_optimizer": "clear the optimiser's state (Adam's or RMSprop's running moments, SGD's "
+                       "momentum) before every task after the first, as Zenke et al.'s code "
+                       "offers (reset_optimizer; off there and here by default)",
     "seed": "random seed (data order, init, permutations, contexts)",
     "device": "cpu, cuda, cuda:N",
     "data_dir": "folder holding the datasets (else $SUPERPOSE_DATA, ~/.cache/superpose, system)",

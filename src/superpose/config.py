@@ -44,6 +44,7 @@ class RunConfig:
     lr: float | None = None
     lr_schedule: str = "constant"  # within each task: constant, cosine (lr to 0), warmup-cosine
     optimizer: str | None = None
+    reset_optimizer: bool = False  # clear the optimiser's state (Adam's moments) at each new task
     seed: int = 0
     device: str = "cpu"
     data_dir: str | None = None

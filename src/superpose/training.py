@@ -440,6 +440,10 @@ class Trainer:
             raise self._checkpointed(stop["signum"])
         stop["now"] = True
         try:
+            segment = self.state.segment
+            if (self.cfg.reset_optimizer and segment > 0
+                    and self.segments[segment - 1].task != task):
+                self.method.reset_optimizer()
             self.method.begin_task(task)
         except KeyboardInterrupt:
             if self.folder.checkpoint.is_file():

@@ -141,6 +141,11 @@ class Method:
     def make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(self.ctx.optimizer, self.trainable_parameters(), self.ctx.lr)
 
+    def reset_optimizer(self) -> None:
+        """Forget the optimiser's running state (moments, step counts): the next step starts
+        it afresh, bias correction included. The rate and the parameter groups stay."""
+        self.optimizer.state.clear()
+
     # ---- hooks --------------------------------------------------------------------------
     def begin_task(self, task: int) -> None:
         """Called before the first step of each task segment."""
