@@ -3,8 +3,6 @@ every step of every task, and resume restoring it mid-task."""
 
 import json
 import math
-import os
-import signal
 
 import pytest
 
@@ -13,6 +11,7 @@ from superpose.checkpoint import load
 from superpose.config import resolve
 from superpose.errors import ConfigError
 from superpose.methods.base import Method, lr_scale
+from test_resume import ctrl_c_at_step
 
 BASE = {"benchmark": "permuted-digits", "method": "standard", "tasks": 2, "steps_per_task": 12,
         "eval_every": 4, "threads": 1, "optimizer": "sgd", "lr": 0.05}
@@ -88,16 +87,7 @@ def test_cosine_changes_training_and_survives_resume(tmp_path, monkeypatch):
 
     # Ctrl-C during global step 17 (task 1, step 5 of 12): the run checkpoints there.
     cut = tmp_path / "cut"
-    real_step = Method.train_step
-    calls = {"n": 0}
-
-    def interrupted(self, x, y, task, step):
-        calls["n"] += 1
-        if calls["n"] == 17:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, x, y, task, step)
-
-    monkeypatch.setattr(Method, "train_step", interrupted)
+    real_step = ctrl_c_at_step(monkeypatch, 17)
     with pytest.raises(training.Interrupted):
         training.run(resolve(cos), cut, progress=False)
     monkeypatch.setattr(Method, "train_step", real_step)

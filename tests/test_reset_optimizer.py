@@ -3,8 +3,6 @@ et al.'s ``reset_optimizer``), nowhere else, and a run stopped inside a task res
 bit."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from superpose import training
 from superpose.checkpoint import load
 from superpose.config import resolve
 from superpose.methods.base import Method
+from test_resume import ctrl_c_at_step
 
 BASE = {"benchmark": "permuted-digits", "method": "standard", "tasks": 3, "steps_per_task": 6,
         "eval_every": 3, "threads": 1, "optimizer": "adam", "lr": 0.01}
@@ -83,16 +82,7 @@ def test_reset_changes_training_and_survives_resume(tmp_path, monkeypatch):
     assert ref[-1] != keep[-1]
 
     cut = tmp_path / "cut"
-    real_step = Method.train_step
-    calls = {"n": 0}
-
-    def interrupted(self, x, y, task, step):
-        calls["n"] += 1
-        if calls["n"] == 9:  # global step 9: task 1, step 3 of 6
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, x, y, task, step)
-
-    monkeypatch.setattr(Method, "train_step", interrupted)
+    real_step = ctrl_c_at_step(monkeypatch, 9)  # global step 9: task 1, step 3 of 6
     with pytest.raises(training.Interrupted):
         training.run(resolve(run), cut, progress=False)
     monkeypatch.setattr(Method, "train_step", real_step)
