@@ -563,18 +563,31 @@ def test_zenke_cosine_differs_from_zenke_in_the_rate_schedule_only(rp, tmp_path)
 
 def test_zenke_warmup_is_zenke_cosine_with_a_warmup(rp, tmp_path):
     """zenke-warmup runs the zenke-cosine runs with the warm-up schedule, under run names of
-    its own (zenke-wcos-<method>-s<seed>), and its report heading names the warm-up."""
+    its own (zenke-wcos-<method>-s<seed>), SI at twice the strength (its importance halves
+    with the halved mean rate; zenke-wcos-si-c0.2-s<seed>), and its report heading names the
+    warm-up and SI's c as run."""
     from superpose.config import resolve
 
     cos = rp.specs(["zenke-cosine"], seeds=2, quick=False)
     warm = rp.specs(["zenke-warmup"], seeds=2, quick=False)
-    assert [r["name"] for r in warm] == [r["name"].replace("-cos-", "-wcos-") for r in cos]
+    assert [r["name"] for r in warm] == ["zenke-wcos-si-c0.2-s0", "zenke-wcos-ewc-s0",
+                                         "zenke-wcos-si-c0.2-s1", "zenke-wcos-ewc-s1"]
     for a, b in zip(cos, warm, strict=True):
         ca = resolve(yaml.safe_load((rp.CONFIGS / a["config"]).read_text()), a["overrides"])
         cb = resolve(yaml.safe_load((rp.CONFIGS / b["config"]).read_text()), b["overrides"])
         assert (ca.lr_schedule, cb.lr_schedule) == ("cosine", "warmup-cosine")
         cb.lr_schedule = ca.lr_schedule
+        if ca.method == "si":
+            assert (ca.options["si_c"], cb.options["si_c"]) == (0.1, 0.2)
+            cb.options["si_c"] = ca.options["si_c"]
         assert ca.to_dict() == cb.to_dict()
+    r = warm[0]
+    (tmp_path / r["name"]).mkdir()
+    cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
+    (tmp_path / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    text = rp.report({r["name"]: {"average_accuracy": 0.97, "backward_transfer": -0.01,
+                                  "tasks": 10, "steps": 42190}}, [r], tmp_path)
+    assert "| si | c = 0.2, ξ = 0.1 | 97.00 (n=1) |" in text
     r = warm[1]
     (tmp_path / r["name"]).mkdir()
     cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
