@@ -161,12 +161,10 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
         si_c = ZENKE_SCHEDULE_SI_C.get(exp)
         for s in range(seeds):
             for m in ZENKE_COSINE_METHODS:
-                if m == "si" and si_c is not None:
-                    add(exp, "zenke_pmnist.yaml", f"zenke-{tag}-si-c{si_c:g}-s{s}", method=m,
-                        seed=s, lr_schedule=schedule, si_c=si_c, **short_z)
-                else:
-                    add(exp, "zenke_pmnist.yaml", f"zenke-{tag}-{m}-s{s}", method=m,
-                        seed=s, lr_schedule=schedule, **short_z)
+                own_c = {"si_c": si_c} if m == "si" and si_c is not None else {}
+                c_tag = f"-c{si_c:g}" if own_c else ""
+                add(exp, "zenke_pmnist.yaml", f"zenke-{tag}-{m}{c_tag}-s{s}", method=m,
+                    seed=s, lr_schedule=schedule, **own_c, **short_z)
     if "fig4" in which:
         for m in ("standard", "psp-binary", "psp-complex", "psp-onepower", "psp-rotation"):
             add("fig4", "psp_fig4_rotating_fmnist.yaml", f"fig4-{m}", method=m, **short_rot)
