@@ -533,6 +533,21 @@ def test_adam_stiffness_script_continues_a_finished_ewc_run(tmp_path, capsys):
     assert len(twice) == 2 and twice[0] == twice[1]
 
 
+def zenke_results_as_run(rp, runs, folder):
+    """Write each spec's resolved config.yaml into its run folder under ``folder`` (the report
+    reads the strengths as run) and return a 10-task result of 97 % for each."""
+    from superpose.config import resolve
+
+    results = {}
+    for r in runs:
+        (folder / r["name"]).mkdir()
+        cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
+        (folder / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        results[r["name"]] = {"average_accuracy": 0.97, "backward_transfer": -0.01,
+                              "tasks": 10, "steps": 42190}
+    return results
+
+
 def test_zenke_cosine_differs_from_zenke_in_the_rate_schedule_only(rp, tmp_path):
     """zenke-cosine is the zenke protocol with a cosine within every task, for SI and EWC at
     the zenke strengths; its report heading says so."""
@@ -549,14 +564,7 @@ def test_zenke_cosine_differs_from_zenke_in_the_rate_schedule_only(rp, tmp_path)
         assert (ca.lr_schedule, cb.lr_schedule) == ("constant", "cosine")
         cb.lr_schedule, cb.seed = ca.lr_schedule, ca.seed
         assert ca.to_dict() == cb.to_dict()
-    results = {}
-    for r in cos[:2]:
-        (tmp_path / r["name"]).mkdir()
-        cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
-        (tmp_path / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-        results[r["name"]] = {"average_accuracy": 0.97, "backward_transfer": -0.01,
-                              "tasks": 10, "steps": 42190}
-    text = rp.report(results, cos[:2], tmp_path)
+    text = rp.report(zenke_results_as_run(rp, cos[:2], tmp_path), cos[:2], tmp_path)
     assert "the baselines on Zenke et al.'s protocol (the rate decaying along a cosine" in text
     assert "| si | c = 0.1, ξ = 0.1 | 97.00 (n=1) |" in text
 
@@ -581,14 +589,7 @@ def test_zenke_warmup_is_zenke_cosine_with_a_warmup(rp, tmp_path):
             assert (ca.options["si_c"], cb.options["si_c"]) == (0.1, 0.2)
             cb.options["si_c"] = ca.options["si_c"]
         assert ca.to_dict() == cb.to_dict()
-    results = {}
-    for r in warm[:2]:
-        (tmp_path / r["name"]).mkdir()
-        cfg = resolve(yaml.safe_load((rp.CONFIGS / r["config"]).read_text()), r["overrides"])
-        (tmp_path / r["name"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-        results[r["name"]] = {"average_accuracy": 0.97, "backward_transfer": -0.01,
-                              "tasks": 10, "steps": 42190}
-    text = rp.report(results, warm[:2], tmp_path)
+    text = rp.report(zenke_results_as_run(rp, warm[:2], tmp_path), warm[:2], tmp_path)
     assert "(the rate rising linearly over the first tenth of every task, then decaying" in text
     assert "| si | c = 0.2, ξ = 0.1 | 97.00 (n=1) |" in text
     assert "| ewc | λ = 10000.0 | 97.00 (n=1) |" in text
