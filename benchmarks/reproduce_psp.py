@@ -77,6 +77,14 @@ def fig2_name(method: str, width: int, seed: int) -> str:
     return f"fig2-{method}-w{width}" + (f"-s{seed}" if seed else "")
 
 
+def fig2_norm_name(method: str, width: int, seed: int) -> str:
+    """A run folder of Fig. 2 on psp_fig2_norm.yaml's protocol at one width; psp-binary at the
+    config's 2048 units is the fig2-norm experiment's run (the same settings), named as there."""
+    if method == "psp-binary" and width == 2048:
+        return f"fig2n-psp-binary-s{seed}"
+    return f"fig2n-{method}-w{width}-s{seed}"
+
+
 def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
           width: int | None = None) -> list[dict[str, Any]]:
     """Every run of the selected experiments: {"experiment", "name", "config", "overrides"}.
@@ -105,6 +113,12 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
         for s in range(seeds):
             add("fig2-norm", "psp_fig2_norm.yaml", f"fig2n-psp-binary-s{s}",
                 method="psp-binary", seed=s, **short_pm)
+    if "fig2-norm-widths" in which:  # the same small steps at every width, standard beside
+        for s in range(seeds):
+            for w in ([128, 512] if quick else WIDTHS):
+                for m in ("standard", "psp-binary"):
+                    add("fig2-norm-widths", "psp_fig2_norm.yaml", fig2_norm_name(m, w, s),
+                        method=m, width=w, seed=s, **short_pm)
     if "fig3" in which:
         for s in range(seeds):
             for m in FIG3_METHODS:
@@ -255,9 +269,8 @@ def fig2_norm_table(results: dict[str, dict[str, Any]], runs: list[dict[str, Any
     from superpose.config import load_yaml
 
     cfg = load_yaml(CONFIGS / "psp_fig2_norm.yaml")
-    lines = [f"### Fig. 2 at {cfg['depth']}×{cfg['width']} ({cfg['optimizer']}, "
-             f"{cfg['lr_schedule']} from {cfg['lr']:g} within each task, init {cfg['init']}, "
-             "standardised pixels, learned binary contexts): task-0 accuracy (%)", "",
+    lines = [f"### Fig. 2 at {cfg['depth']}×{cfg['width']} ({fig2_norm_protocol()}): "
+             "task-0 accuracy (%)", "",
              "| seed | after task 0 | after 10 tasks | final | lost | within 1 point | "
              "last 10 tasks |", "|---|---|---|---|---|---|---|"]
     rows = []
@@ -275,6 +288,52 @@ def fig2_norm_table(results: dict[str, dict[str, Any]], runs: list[dict[str, Any
         lines.append(f"| all | {' | '.join(cols)} | {within} of {len(rows)} | "
                      f"{mean_std([row[5] for row in rows])} |")
     return lines + [""]
+
+
+def fig2_norm_protocol() -> str:
+    """psp_fig2_norm.yaml's protocol in words, for the headings of its tables."""
+    from superpose.config import load_yaml
+
+    cfg = load_yaml(CONFIGS / "psp_fig2_norm.yaml")
+    return (f"{cfg['optimizer']}, {cfg['lr_schedule']} from {cfg['lr']:g} within each task, "
+            f"init {cfg['init']}, standardised pixels, learned binary contexts")
+
+
+def fig2_widths_report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]],
+                       out: Path, stem: str, protocol: str) -> list[str]:
+    """Fig. 2 by width: one table row per (width, method), mean ± std over seeds of
+    ``fig2_row``; draws seed 0's task-0 curves per width (<stem>_w<width>.png) and the panels
+    side by side (<stem>.png) from the run folders under ``out``."""
+    from superpose import plots
+    from superpose.runs import load_run
+
+    on = f" ({protocol})" if protocol else ""
+    lines = [f"### Fig. 2{on}: task-0 accuracy (%) by width: right after task 0, after 10 and "
+             "after all tasks; points lost per task over the second half of the tasks; "
+             "and the table's average over the last 10 tasks (mean ± std over seeds)", "",
+             "| width | method | after task 0 | after 10 tasks | final | drop | lost per "
+             "task, 2nd half | last 10 tasks |", "|---|---|---|---|---|---|---|---|"]
+    cells: dict[tuple[int, str], list[list[float]]] = {}
+    for r in runs:
+        row = fig2_row(results[r["name"]])
+        if row is None:
+            continue
+        cells.setdefault((r["overrides"]["width"], r["overrides"]["method"]), []).append(row)
+    for (w, m), rows in sorted(cells.items()):
+        cols = [mean_std([row[i] for row in rows]) for i in range(6)]
+        lines.append(f"| {w} | {m} | " + " | ".join(cols) + " |")
+    lines.append("")
+    by_width: dict[int, list] = {}
+    for w in sorted({r["overrides"]["width"] for r in runs}):
+        seed0 = [out / r["name"] for r in runs
+                 if r["overrides"]["width"] == w and r["overrides"].get("seed", 0) == 0]
+        rs = [load_run(d) for d in seed0 if (d / "summary.json").is_file()]
+        if rs:
+            plots.first_task_curve(rs, out / f"{stem}_w{w}.png", f"Fig. 2: width {w} (seed 0)")
+            by_width[w] = rs
+    if by_width:
+        plots.width_panels(by_width, out / f"{stem}.png")
+    return lines
 
 
 def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> str:
@@ -356,36 +415,15 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
                          f"{ZENKE_PAPER.get(m, '–')} |")
         lines.append("")
     if "fig2" in by_exp:
-        lines += ["### Fig. 2: task-0 accuracy (%) by width: right after task 0, after 10 and "
-                  "after all tasks; points lost per task over the second half of the tasks; "
-                  "and the table's average over the last 10 tasks (mean ± std over seeds)", "",
-                  "| width | method | after task 0 | after 10 tasks | final | drop | lost per "
-                  "task, 2nd half | last 10 tasks |", "|---|---|---|---|---|---|---|---|"]
-        cells: dict[tuple[int, str], list[list[float]]] = {}
-        for r in by_exp["fig2"]:
-            row = fig2_row(results[r["name"]])
-            if row is None:
-                continue
-            key = (r["overrides"]["width"], r["overrides"]["method"])
-            cells.setdefault(key, []).append(row)
-        for (w, m), rows in sorted(cells.items()):
-            cols = [mean_std([row[i] for row in rows]) for i in range(6)]
-            lines.append(f"| {w} | {m} | " + " | ".join(cols) + " |")
-        lines.append("")
-        by_width: dict[int, list] = {}
-        for w in sorted({r["overrides"]["width"] for r in by_exp["fig2"]}):
-            rs = [load_run(out / r["name"]) for r in by_exp["fig2"]
-                  if r["overrides"]["width"] == w and r["overrides"].get("seed", 0) == 0]
-            if rs:
-                plots.first_task_curve(rs, out / f"fig2_w{w}.png", f"Fig. 2: width {w} (seed 0)")
-                by_width[w] = rs
-        if by_width:
-            plots.width_panels(by_width, out / "fig2.png")
+        lines += fig2_widths_report(results, by_exp["fig2"], out, "fig2", "")
     if "fig2-norm" in by_exp:
         lines += fig2_norm_table(results, by_exp["fig2-norm"])
         plots.first_task_curve([load_run(out / r["name"]) for r in by_exp["fig2-norm"]],
                                out / "fig2_norm.png",
                                "Fig. 2 at 2048 units, standardised pixels: task 0 (every seed)")
+    if "fig2-norm-widths" in by_exp:
+        lines += fig2_widths_report(results, by_exp["fig2-norm-widths"], out, "fig2_norm_widths",
+                                    fig2_norm_protocol())
     for exp in FIG3_LABELS:
         if exp not in by_exp:
             continue
@@ -433,12 +471,13 @@ def report(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]], out: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="fig2,fig3,fig3-learned,table,table-wide,zenke,fig4,fig5",
-                    help="comma list of fig2, fig2-norm, fig3, fig3-learned, fig3-norm, "
-                         "fig3-norm-learned, table, table-wide, table-best, table-norm, zenke, "
-                         "zenke-code, zenke-cosine, zenke-warmup, fig4, fig5 (not in the "
-                         "default list: fig3-norm and fig3-norm-learned, newer; fig2-norm, "
-                         "table-best, table-norm (2×2048), zenke-code, zenke-cosine and "
-                         "zenke-warmup, 1-3 h per run on one CPU thread)")
+                    help="comma list of fig2, fig2-norm, fig2-norm-widths, fig3, fig3-learned, "
+                         "fig3-norm, fig3-norm-learned, table, table-wide, table-best, "
+                         "table-norm, zenke, zenke-code, zenke-cosine, zenke-warmup, fig4, fig5 "
+                         "(not in the default list: fig3-norm and fig3-norm-learned, newer; "
+                         "fig2-norm, fig2-norm-widths, table-best, table-norm (2×2048), "
+                         "zenke-code, zenke-cosine and zenke-warmup, 1-3 h per run on one CPU "
+                         "thread)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs to check the pipeline")
     ap.add_argument("--out", default="runs/reproduce-psp")
