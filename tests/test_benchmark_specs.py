@@ -593,3 +593,34 @@ def test_zenke_warmup_is_zenke_cosine_with_a_warmup(rp, tmp_path):
     assert "(the rate rising linearly over the first tenth of every task, then decaying" in text
     assert "| si | c = 0.2, ξ = 0.1 | 97.00 (n=1) |" in text
     assert "| ewc | λ = 10000.0 | 97.00 (n=1) |" in text
+
+
+def test_fig2_norm_widths_sweeps_both_methods_and_shares_the_2048_binary_run(rp, tmp_path):
+    """Fig. 2 on psp_fig2_norm.yaml's protocol by width: standard and psp-binary at every width,
+    only the width changed; psp-binary at 2048 units is fig2-norm's own run, trained once."""
+    from superpose.config import resolve
+
+    runs = rp.specs(["fig2-norm-widths"], seeds=2, quick=False)
+    assert len(runs) == 2 * len(rp.WIDTHS) * 2
+    names = {r["name"] for r in runs}
+    assert len(names) == len(runs)
+    assert {"fig2n-standard-w128-s0", "fig2n-psp-binary-w1024-s1",
+            "fig2n-standard-w2048-s1"} <= names
+    assert {r["name"] for r in rp.specs(["fig2-norm"], seeds=2, quick=False)} <= names
+    base = yaml.safe_load((rp.CONFIGS / "psp_fig2_norm.yaml").read_text())
+    for r in runs:
+        cfg = resolve(base, r["overrides"])
+        o = r["overrides"]
+        assert (cfg.width, cfg.method, cfg.seed, cfg.lr) == (o["width"], o["method"], o["seed"],
+                                                             base["lr"])
+    summary = {"steps": 2000, "tasks": 20, "average_last10": 0.96,
+               "first_task_curve": [[100, 0.97], [1000, 0.96], [2000, 0.90]],
+               "final_accuracy": [0.90] + [0.96] * 19}
+    results = {r["name"]: summary for r in runs}
+    text = rp.report(results, runs, tmp_path)  # no run folders there: no figures
+    assert "### Fig. 2 (rmsprop, cosine from 4e-05 within each task, init glorot" in text
+    # task 0: 97 after its 100 steps, 96 after 10 tasks, 90 at the end: 7 points lost, 0.6 a
+    # task over the second half (96 at task 10 of 20)
+    assert ("| 2048 | standard | 97.00 ± 0.00 (n=2) | 96.00 ± 0.00 (n=2) | 90.00 ± 0.00 (n=2) | "
+            "7.00 ± 0.00 (n=2) | 0.60 ± 0.00 (n=2) | 96.00 ± 0.00 (n=2) |") in text
+    assert text.count("| psp-binary |") == len(rp.WIDTHS)
