@@ -111,7 +111,7 @@ def specs(which: list[str], seeds: int, quick: bool, tasks: int | None = None,
                             width=w, seed=s, **short_pm)
     if "fig2-norm" in which:  # Fig. 2 at 2048 units on the table-norm protocol, small steps
         for s in range(seeds):
-            add("fig2-norm", "psp_fig2_norm.yaml", f"fig2n-psp-binary-s{s}",
+            add("fig2-norm", "psp_fig2_norm.yaml", fig2_norm_name("psp-binary", 2048, s),
                 method="psp-binary", seed=s, **short_pm)
     if "fig2-norm-widths" in which:  # the same small steps at every width, standard beside
         for s in range(seeds):
