@@ -41,6 +41,20 @@ def test_bad_values_are_clear_errors(bad, message):
         resolve(bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"method": "standard,psp-binary", "context": "haar"}, "unknown context 'haar'"),
+    ({"method": "standard,psp-complex", "context_schedule": "slow"}, "unknown context schedule"),
+    ({"method": "standard,si", "si_c": -1.0}, "si needs si-c >= 0"),
+    ({"method": "standard,ewc", "ewc_lambda": -1.0}, "ewc-lambda must be >= 0"),
+    ({"method": "standard,clnp", "margin": 2.0}, "margin must be a fraction"),
+])
+def test_a_later_methods_bad_option_fails_before_the_first_method_trains(bad, message):
+    # the comma list trains its methods in turn: resolving the configuration must already
+    # reject what only the second method reads (it used to fail after the first had trained)
+    with pytest.raises(ConfigError, match=message):
+        resolve({"benchmark": "permuted-digits"}, bad)
+
+
 def test_yaml_errors_name_file_and_line(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("benchmark: permuted-mnist\ntasks: [1, 2\nlr: 0.1\n")

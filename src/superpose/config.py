@@ -289,11 +289,12 @@ def resolve(*layers: dict[str, Any]) -> RunConfig:
                 raise ConfigError(f"option {key!r} does not apply to method {cfg.method!r}")
             cfg.options[key] = coerce(key, merged[key], specs[key].type)
     validate(cfg)
-    for m in split_methods(cfg.method):  # checks in an Options.__post_init__ run here, early
+    for m in split_methods(cfg.method):  # every method's checks, before the first one trains
         try:
-            build_options(METHODS.get(m), cfg.options)
+            opts = build_options(METHODS.get(m), cfg.options)
         except TypeError as e:
             raise ConfigError(f"method {m}: {e}") from None
+        METHODS.get(m).check_options(opts)
     return cfg
 
 

@@ -124,9 +124,16 @@ class Method:
     class Options:
         """Method-specific settings (none for the base)."""
 
+    @classmethod
+    def check_options(cls, options: Any) -> None:
+        """Raise ``ConfigError`` for option values this method cannot run with. Called when a
+        configuration is loaded (before any method of a comma list trains) and again when the
+        method is built."""
+
     def __init__(self, ctx: MethodContext, options: Any = None):
         self.ctx = ctx
         self.options = options if options is not None else self.Options()
+        self.check_options(self.options)
         self.model = self.build().to(ctx.device)
         self.optimizer = self.make_optimizer()
 

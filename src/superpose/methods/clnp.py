@@ -445,9 +445,16 @@ class Clnp(Method):
                     "update up to float rounding; frozen weights exact either way"})
 
     # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def check_options(cls, opts: Any) -> None:
+        _check_options(opts)
+
     def __init__(self, ctx: MethodContext, options: Any = None):
         opts = options if options is not None else self.Options()
-        _check_options(opts)
+        if opts.margin > MARGIN_WARN:  # once per run, when the method is built
+            LOG.warning("clnp: margin %g lets pruning cost up to %g points of validation "
+                        "accuracy (the paper's margins are 0.0005-0.04, i.e. 0.05-4 %%); was a "
+                        "percentage meant?", opts.margin, 100 * opts.margin)
         self.lr = float(ctx.lr)
         self.l1_scale = 1.0
         super().__init__(ctx, opts)
@@ -1108,10 +1115,6 @@ def _check_options(o: Any) -> None:
     if not 0 <= o.margin < 1:
         raise ConfigError(f"margin must be a fraction in [0, 1) (0.0005 = 0.05 %; a margin of 1 "
                           f"accepts any accuracy and prunes every unit), got {o.margin}")
-    if o.margin > MARGIN_WARN:
-        LOG.warning("clnp: margin %g lets pruning cost up to %g points of validation accuracy "
-                    "(the paper's margins are 0.0005-0.04, i.e. 0.05-4 %%); was a percentage "
-                    "meant?", o.margin, 100 * o.margin)
     if o.train_path not in TRAIN_PATHS:
         raise ConfigError(f"train-path must be one of {', '.join(TRAIN_PATHS)}, got "
                           f"{o.train_path!r}")

@@ -197,9 +197,8 @@ class EWC(Method):
                     "classes unweighted, as Zenke et al.'s code (use it with a fisher-samples of "
                     "the whole training set and its own λ)"})
 
-    def __init__(self, ctx: MethodContext, options: Any = None):
-        super().__init__(ctx, options)
-        opts = self.options
+    @classmethod
+    def check_options(cls, opts: Any) -> None:
         if opts.fisher_samples <= 0:
             raise ConfigError(f"fisher-samples must be positive, got {opts.fisher_samples}")
         if opts.fisher_labels not in FISHER_LABELS:
@@ -207,6 +206,9 @@ class EWC(Method):
                               f"got {opts.fisher_labels!r}")
         if opts.ewc_lambda < 0:
             raise ConfigError(f"ewc-lambda must be >= 0, got {opts.ewc_lambda}")
+
+    def __init__(self, ctx: MethodContext, options: Any = None):
+        super().__init__(ctx, options)
         self.fisher: dict[str, Tensor] = {}  # name -> Σ_s F_s (empty before the first task ends)
         self.anchor: dict[str, Tensor] = {}  # name -> θ* at the end of the last task
         self._penalty = torch.zeros((), device=ctx.device)  # λ/2 Σ F (θ − θ*)², last step

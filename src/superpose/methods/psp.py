@@ -58,8 +58,8 @@ class PSP(Method):
         batchnorm: str = field(default="none-stats", metadata={
             "help": "BatchNorm under superposition: shared, per-task or none-stats"})
 
-    def __init__(self, ctx: MethodContext, options: Options | None = None):
-        opts = options if options is not None else self.Options()
+    @classmethod
+    def check_options(cls, opts: Options) -> None:
         if opts.context not in CONTEXTS:
             raise ConfigError(unknown_name_message("context", opts.context, CONTEXTS.names()))
         if opts.context_schedule not in SCHEDULES:
@@ -70,6 +70,9 @@ class PSP(Method):
                                                    list(BATCHNORM_OPTIONS)))
         if opts.cycle <= 0 or opts.mix_window < 0:
             raise ConfigError("cycle must be positive and mix-window non-negative")
+
+    def __init__(self, ctx: MethodContext, options: Options | None = None):
+        opts = options if options is not None else self.Options()
         self.fast = opts.context_schedule != "task"
         self.num_contexts = opts.cycle if self.fast else ctx.stream.num_tasks
         super().__init__(ctx, opts)

@@ -50,11 +50,14 @@ class SI(Method):
             "help": "clip Ω at zero after each task, as the authors' released code does "
                     "(the paper's eq. 5 has no clip)"})
 
+    @classmethod
+    def check_options(cls, opts: Any) -> None:
+        if opts.si_c < 0 or opts.si_xi <= 0:
+            raise ConfigError(f"si needs si-c >= 0 and si-xi > 0, got si-c={opts.si_c} "
+                              f"si-xi={opts.si_xi}")
+
     def __init__(self, ctx: MethodContext, options: Any = None):
         super().__init__(ctx, options)
-        if self.options.si_c < 0 or self.options.si_xi <= 0:
-            raise ConfigError(f"si needs si-c >= 0 and si-xi > 0, got si-c={self.options.si_c} "
-                              f"si-xi={self.options.si_xi}")
         params = self.tracked()
         self.omega = {n: torch.zeros_like(p) for n, p in params.items()}  # ω, this task
         self.importance = {n: torch.zeros_like(p) for n, p in params.items()}  # Ω, summed
