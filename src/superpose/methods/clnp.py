@@ -451,6 +451,7 @@ class Clnp(Method):
 
     def __init__(self, ctx: MethodContext, options: Any = None):
         opts = options if options is not None else self.Options()
+        self.check_options(opts)
         if opts.margin > MARGIN_WARN:  # once per run, when the method is built
             LOG.warning("clnp: margin %g lets pruning cost up to %g points of validation "
                         "accuracy (the paper's margins are 0.0005-0.04, i.e. 0.05-4 %%); was a "
