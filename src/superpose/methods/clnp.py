@@ -451,14 +451,13 @@ class Clnp(Method):
 
     def __init__(self, ctx: MethodContext, options: Any = None):
         opts = options if options is not None else self.Options()
-        self.check_options(opts)
+        self.lr = float(ctx.lr)
+        self.l1_scale = 1.0
+        super().__init__(ctx, opts)  # checks the options (check_options)
         if opts.margin > MARGIN_WARN:  # once per run, when the method is built
             LOG.warning("clnp: margin %g lets pruning cost up to %g points of validation "
                         "accuracy (the paper's margins are 0.0005-0.04, i.e. 0.05-4 %%); was a "
                         "percentage meant?", opts.margin, 100 * opts.margin)
-        self.lr = float(ctx.lr)
-        self.l1_scale = 1.0
-        super().__init__(ctx, opts)
         net = self.net
         n_weights = net.num_hidden + 1
         if len(opts.l1) not in (1, n_weights):
