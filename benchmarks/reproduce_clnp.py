@@ -249,6 +249,8 @@ def main() -> None:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             done = pool.starmap(run_one, [(n, o, out, args.threads, args.data_dir)
                                           for n, o in todo], chunksize=1)
+            pool.close()  # let the workers exit on their own: leaving `with` terminate()s them,
+            pool.join()  # and a killed worker's tqdm lock is reported as a leaked semaphore
         summaries.update(zip([n for n, _ in todo], done, strict=True))
     else:
         for name, over in todo:

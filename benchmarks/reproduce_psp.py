@@ -518,6 +518,8 @@ def main() -> None:
     elif args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             summaries = pool.map(run_one, jobs, chunksize=1)
+            pool.close()  # let the workers exit on their own: leaving `with` terminate()s them,
+            pool.join()  # and a killed worker's tqdm lock is reported as a leaked semaphore
     else:
         summaries = [run_one(j) for j in jobs]
     results = {j["name"]: s for j, s in zip(jobs, summaries, strict=True)}
