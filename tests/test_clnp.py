@@ -336,6 +336,30 @@ def test_grid_search_keeps_the_sparsest_within_margin():
     assert lines[-1].startswith("clnp: task 1 kept ")
 
 
+def test_growing_a_conv_layer_widens_its_batchnorm_and_keeps_task_0():
+    """--grow on a conv layer followed by BatchNorm: the old channels keep their affine
+    parameters and running statistics, the new ones start as a fresh BatchNorm's (1, 0, 0, 1),
+    and task 0's logits survive the growth and a second task's training."""
+    torch.manual_seed(0)
+    g = make(build=convnet, grow=3, theta_grid=[-1.0])  # keep every unit: task 0 fills both
+    probe = torch.randn(20, 1, 4, 4)
+    train(g, 0)
+    before = logits(g, probe, 0)
+    (bn,) = g.net.norms(0)
+    old = {k: getattr(bn, k).detach().clone()
+           for k in ("weight", "bias", "running_mean", "running_var")}
+    assert not torch.equal(old["running_mean"], torch.zeros(6))  # task 0 moved the statistics
+    train(g, 1)
+    (bn,) = g.net.norms(0)
+    assert [g.net.units(0), g.net.units(1)] == [9, 15]
+    assert bn.num_features == 9 and g.net.weight_layer(0).weight.shape == (9, 1, 3, 3)
+    for k, v in old.items():
+        assert torch.equal(getattr(bn, k)[:6], v), k  # frozen channels: bit for bit
+    # the grown channels trained task 1 from a fresh BatchNorm's start
+    assert not torch.equal(bn.running_mean[6:], torch.zeros(3))
+    assert torch.allclose(logits(g, probe, 0), before, atol=1e-6)
+
+
 def test_checkpoint_state_round_trip_with_a_grown_layer():
     torch.manual_seed(0)
     m = make(grow=4, theta_grid=[-1.0])
