@@ -26,6 +26,8 @@ import torch
 # PyTorch's doing, not superpose's, so it happens here, before the tests watch $TMPDIR.
 import torch._dynamo  # noqa: F401
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import superpose as sp
 from superpose import checkpoint as checkpoint_mod
@@ -288,6 +290,20 @@ def corrupt_torch_save(run: Path) -> None:
     torch.save({"model": nn.Linear(2, 2).state_dict()}, run / CHECKPOINT_NAME)
 
 
+def foreign_safetensors(run: Path) -> None:
+    """A valid safetensors file that another program wrote: no superpose header."""
+    save_file({"weight": torch.zeros(2, 2)}, str(run / CHECKPOINT_NAME))
+
+
+def older_format(run: Path) -> None:
+    """Our own checkpoint, its header relabelled as written by format version 1."""
+    ckpt = str(run / CHECKPOINT_NAME)
+    with safe_open(ckpt, framework="pt") as f:
+        header = json.loads(f.metadata()["superpose"])
+    tensors = load_file(ckpt)
+    save_file(tensors, ckpt, metadata={"superpose": json.dumps({**header, "version": 1})})
+
+
 def other_config(run: Path) -> None:
     cfg = run / "config.yaml"
     cfg.write_text(cfg.read_text().replace("seed: 0", "seed: 5"))
@@ -315,6 +331,8 @@ RESUME_CASES: list[tuple[str, Callable[[Path], object], str]] = [
     ("bit-flip", corrupt_flip, "does not match the digest"),
     ("pickle", corrupt_pickle, "corrupt or unreadable"),
     ("torch-save", corrupt_torch_save, "corrupt or unreadable"),
+    ("foreign-safetensors", foreign_safetensors, "is not a superpose checkpoint"),
+    ("older-format", older_format, "has format version 1, this superpose reads version 2"),
     ("edited-config", other_config, "seed: 0 in the checkpoint, 5 in config.yaml"),
     ("foreign-checkpoint", other_checkpoint, "written by another configuration"),
     ("flags", with_flags, "--resume takes the configuration from the run folder's config.yaml; "
