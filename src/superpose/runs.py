@@ -39,19 +39,6 @@ class Run:
             extra.append("learned")
         return f"{method} ({', '.join(extra)})" if extra else method
 
-    def metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        p = self.path / "metrics.jsonl"
-        if p.exists():
-            for line in p.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a partial last line from a crash
-                if kind is None or rec.get("kind") == kind:
-                    out.append(rec)
-        return out
-
 
 def load_run(path: str | Path) -> Run:
     """A finished run folder; a clear ``UserError`` if ``path`` is not one."""
