@@ -92,3 +92,20 @@ def test_width_panels_keep_a_method_colour_where_a_panel_lacks_a_method(runs, tm
     assert colour(left, "standard") != colour(left, "psp-binary")
     legend = [t.get_text() for t in left.get_legend().get_texts()]
     assert legend == ["standard", "psp-binary"]
+
+
+@pytest.mark.parametrize("method, config, label", [
+    ("psp-binary", {"context": "binary"}, "psp-binary"),  # the method already names it
+    ("psp", {"context": "rotation"}, "psp (rotation)"),
+    ("psp-binary", {"context": "binary", "context_schedule": "local-mix"},
+     "psp-binary (local-mix)"),  # pspFastLocalMix
+    ("psp-complex", {"context": "complex", "context_schedule": "task", "learn_context": True},
+     "psp-complex (learned)"),
+])
+def test_a_runs_label_names_what_its_method_does_not(method, config, label):
+    from pathlib import Path
+
+    from superpose.runs import Run
+
+    run = Run(path=Path("run"), config=config, summary={"method": method}, matrix=[])
+    assert run.label == label
