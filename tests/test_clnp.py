@@ -337,9 +337,9 @@ def test_grid_search_keeps_the_sparsest_within_margin():
 
 
 def test_growing_a_conv_layer_widens_its_batchnorm_and_keeps_task_0():
-    """--grow on a conv layer followed by BatchNorm: the old channels keep their affine
-    parameters and running statistics, the new ones start as a fresh BatchNorm's (1, 0, 0, 1),
-    and task 0's logits survive the growth and a second task's training."""
+    """--grow on a conv layer followed by BatchNorm: the BatchNorm widens with it, the old
+    channels keep their affine parameters and running statistics bit for bit while the new
+    ones train task 1, and task 0's logits survive the growth and task 1's training."""
     torch.manual_seed(0)
     g = make(build=convnet, grow=3, theta_grid=[-1.0])  # keep every unit: task 0 fills both
     probe = torch.randn(20, 1, 4, 4)

@@ -1,12 +1,14 @@
 """Figures: the PSP Fig. 2 width panels drawn from run folders."""
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from superpose import plots, training
 from superpose.config import resolve
-from superpose.runs import load_run
+from superpose.runs import Run, load_run
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +105,5 @@ def test_width_panels_keep_a_method_colour_where_a_panel_lacks_a_method(runs, tm
      "psp-complex (learned)"),
 ])
 def test_a_runs_label_names_what_its_method_does_not(method, config, label):
-    from pathlib import Path
-
-    from superpose.runs import Run
-
     run = Run(path=Path("run"), config=config, summary={"method": method}, matrix=[])
     assert run.label == label

@@ -332,7 +332,8 @@ RESUME_CASES: list[tuple[str, Callable[[Path], object], str]] = [
     ("pickle", corrupt_pickle, "corrupt or unreadable"),
     ("torch-save", corrupt_torch_save, "corrupt or unreadable"),
     ("foreign-safetensors", foreign_safetensors, "is not a superpose checkpoint"),
-    ("older-format", older_format, "has format version 1, this superpose reads version 2"),
+    ("older-format", older_format,
+     f"has format version 1, this superpose reads version {checkpoint_mod.FORMAT_VERSION}"),
     ("edited-config", other_config, "seed: 0 in the checkpoint, 5 in config.yaml"),
     ("foreign-checkpoint", other_checkpoint, "written by another configuration"),
     ("flags", with_flags, "--resume takes the configuration from the run folder's config.yaml; "
